@@ -1,0 +1,52 @@
+# Two commands set everything up: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+DEMO_DATA := demo_data
+DEMO_RUN := runs/demo
+export FLASK_APP := wsgi
+
+.PHONY: venv run serve demo test test-fast lint browser clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, torchvision, fastai, timm, flask, gunicorn"
+	rm -f $(VENV)/.installed-* && touch $@
+
+$(DEMO_DATA)/.complete: | $(STAMP)
+	$(PY) -m training dataset demo --out $(DEMO_DATA) --per-class 80
+	touch $@
+
+$(DEMO_RUN)/export.pkl: $(DEMO_DATA)/.complete
+	$(PY) -m training train --data $(DEMO_DATA) --recipe demo --out $(DEMO_RUN) --resume
+
+demo: $(DEMO_RUN)/export.pkl
+
+## The main job: build the demo data, train the demo model once, serve it on 127.0.0.1:8000.
+run: $(STAMP) $(DEMO_RUN)/export.pkl
+	GUITARS_MODEL=$${GUITARS_MODEL:-$(DEMO_RUN)} $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+serve: $(STAMP)
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) || \
+		echo "chromium could not be installed: the browser test will be skipped"
+
+test: $(STAMP) browser
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(DEMO_DATA) $(DEMO_RUN) .pytest_cache

@@ -1,0 +1,33 @@
+"""gunicorn settings for a CPU-bound model server: few workers, a few threads, torch threads split between them."""
+import multiprocessing
+import os
+
+bind = os.environ.get("GUITARS_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GUITARS_WORKERS", max(1, min(4, multiprocessing.cpu_count()))))
+# Threads overlap request parsing and image decoding with another request's forward pass.
+threads = int(os.environ.get("GUITARS_THREADS", 2))
+worker_class = "gthread"
+timeout = int(os.environ.get("GUITARS_TIMEOUT", 60))
+graceful_timeout = 30
+max_requests = int(os.environ.get("GUITARS_MAX_REQUESTS", 0))
+max_requests_jitter = 50
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUITARS_LOG_LEVEL", "info")
+# No preload: torch must not start its thread pools in the master, because a fork after that can hang.
+preload_app = False
+
+
+def post_fork(server, worker):
+    """Give each worker its share of the cores so workers don't fight over them."""
+    import torch
+
+    torch.set_num_threads(max(1, multiprocessing.cpu_count() // workers))
+    torch.set_num_interop_threads(1)
+
+
+def post_worker_init(worker):
+    """Load the model before taking traffic, so the first request is not slow."""
+    holder = worker.wsgi.extensions.get("guitars_model")
+    if holder is not None:
+        holder.get()

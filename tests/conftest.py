@@ -1,0 +1,55 @@
+"""Shared fixtures: a small drawn dataset, one real smoke training run, and the Flask app around it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from training.demo import make_demo_dataset
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "guitars"
+SMOKE_CLASSES = ["stratocaster", "flying_v", "les_paul"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep fingerprint caches out of the user's home."""
+    os.environ["GUITARS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """Three classes of drawn guitars, 14 photos each."""
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), per_class=14, size=96, classes=SMOKE_CLASSES,
+                             progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_data, tmp_path_factory) -> Path:
+    """A real `flask train --recipe smoke` run, shared by the tests that only read its outputs."""
+    from webapp import create_app
+
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    runner = create_app({"TESTING": True}).test_cli_runner()
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", "smoke", "--out", str(out),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def app(trained_run):
+    from webapp import create_app
+
+    return create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "WTF_CSRF_ENABLED": False})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

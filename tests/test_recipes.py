@@ -1,0 +1,56 @@
+"""Recipes are data: the shipped ones parse, the blog's is exact, bad files say what is wrong."""
+import pytest
+
+from training.recipes import RecipeError, available_recipes, load_recipe, parse_recipe
+
+GOOD_STAGE = 'backbone = "efficientnet_lite0"\nfrozen = true\nepochs = 1\nlr = 1e-3\n'
+FIND_STAGE = GOOD_STAGE.replace("lr = 1e-3", 'lr = "find"')
+FAST_STAGE = GOOD_STAGE.replace("lr = 1e-3", 'lr = "fast"')
+
+
+def test_shipped_recipes_parse():
+    assert {"seed", "cpu", "smoke", "demo"} <= set(available_recipes())
+    for name in available_recipes():
+        assert load_recipe(name).stages
+
+
+def test_seed_recipe_is_the_blogs_six_stages():
+    stages = load_recipe("seed").stages
+    shape = [(s.backbone, s.size, s.bs, s.frozen, s.epochs, s.lr) for s in stages]
+    assert shape == [
+        ("resnet34", 224, 64, True, 5, 1e-2),
+        ("resnet34", 224, 64, False, 5, (1e-6, 2e-3)),
+        ("resnet50", 224, 32, True, 5, 1e-2),
+        ("resnet50", 224, 32, False, 5, (1e-6, 1e-2 / 5)),
+        ("resnet50", 448, 16, True, 5, 1e-3),
+        ("resnet50", 448, 16, False, 5, (1e-6, 1e-3 / 5)),
+    ]
+    assert isinstance(stages[1].lr_for_fit(), slice)
+
+
+def test_lr_find_is_accepted():
+    recipe = parse_recipe("[[stages]]\n" + FIND_STAGE, "x")
+    assert recipe.stages[0].lr == "find" and recipe.stages[0].lr_for_fit(0.01) == 0.01
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[stages]\n", "not valid TOML"),
+    ("description = 'x'\n", "at least one"),
+    (f"[[stages]]\n{GOOD_STAGE}colour = 'red'\n", "unknown keys"),
+    (f"[[stages]]\n{GOOD_STAGE.replace('efficientnet_lite0', 'vgg')}", "unknown backbone"),
+    (f"[[stages]]\n{GOOD_STAGE.replace('lr = 1e-3', 'lr = [1e-3]')}", r"\[low, high\]"),
+    (f"[[stages]]\n{GOOD_STAGE.replace('lr = 1e-3', 'lr = [1e-2, 1e-4]')}", "low <= high"),
+    ("[[stages]]\n" + FAST_STAGE, "lr must be"),
+    (f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = 0')}", "epochs"),
+    (f"[[stages]]\n{GOOD_STAGE.replace('frozen = true', 'frozen = 1')}", "frozen"),
+    ("[[stages]]\nbackbone = 'resnet34'\n", "missing keys"),
+    (f"valid_pct = 2\n[[stages]]\n{GOOD_STAGE}", "valid_pct"),
+])
+def test_bad_recipes_say_what_is_wrong(text, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(text, "bad", "bad.toml")
+
+
+def test_unknown_recipe_name_lists_the_shipped_ones():
+    with pytest.raises(RecipeError, match="smoke"):
+        load_recipe("turbo")

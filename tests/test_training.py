@@ -1,0 +1,142 @@
+"""A real smoke training run: its files, its learner, its report, resume and clear refusals."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import SMOKE_CLASSES
+from training.imaging import open_image
+from training.inference import Predictor
+
+
+def test_run_writes_every_output(trained_run):
+    for name in ["export.pkl", "report.json", "confusion_matrix.png", "split.json", "state.json"]:
+        assert (trained_run / name).is_file(), name
+    assert not list(trained_run.glob("*.tmp"))
+
+
+def test_report_has_the_blogs_table_and_validation_metrics(trained_run):
+    report = json.loads((trained_run / "report.json").read_text())
+    assert report["classes"] == sorted(SMOKE_CLASSES)
+    assert [s["stage"] for s in report["stages"]] == ["frozen-64", "unfrozen-64"]
+    row = report["stages"][0]["epochs"][0]
+    assert set(row) == {"epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds"}
+    assert abs(row["accuracy"] + row["error_rate"] - 1) < 1e-6
+    val = report["validation"]
+    matrix = np.array(val["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == val["n"] > 0
+    assert val["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert set(val["per_class"]) == set(SMOKE_CLASSES)
+    assert report["weights"].startswith("ImageNet")
+    assert report["split_seed"] == 7 and len(report["dataset"]["fingerprint"]) == 16
+    assert report["packages"]["fastai"] == "2.8.12"
+
+
+def test_export_loads_in_a_process_that_imports_only_the_inference_module(trained_run, demo_data):
+    image = next((demo_data / "flying_v").glob("*.jpg"))
+    code = textwrap.dedent(f"""
+        from fastai.learner import load_learner
+        import training.inference
+        learn = load_learner({str(trained_run / 'export.pkl')!r}, cpu=True)
+        label, index, probs = learn.predict({str(image)!r})
+        print(len(probs), list(learn.dls.vocab))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"3 {sorted(SMOKE_CLASSES)}"
+
+
+def test_fast_path_equals_learn_predict(trained_run, demo_data):
+    predictor = Predictor.load(trained_run)
+    for path in sorted(demo_data.rglob("*.jpg"))[::7]:
+        _, _, expected = predictor.learn.predict(path)
+        got = predictor.probabilities([open_image(path)])[0]
+        assert np.abs(got - expected.numpy()).max() < 1e-4
+
+
+def test_split_is_saved_and_duplicate_free(trained_run):
+    split = json.loads((trained_run / "split.json").read_text())
+    assert split["seed"] == 7
+    assert any(r["is_valid"] for r in split["items"]) and not all(r["is_valid"] for r in split["items"])
+
+
+def test_existing_run_is_not_overwritten_without_resume(runner, trained_run, demo_data):
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", "smoke", "--out", str(trained_run)])
+    assert result.exit_code == 1 and "--resume" in result.output
+
+
+def test_resume_skips_completed_stages_and_finishes(runner, trained_run, demo_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    # Make it look like the process died after stage 1, before stage 2 and the export.
+    state = json.loads((run / "state.json").read_text())
+    state["completed"], state["exported"] = state["completed"][:1], False
+    (run / "state.json").write_text(json.dumps(state))
+    (run / "export.pkl").unlink()
+    (run / "checkpoints" / "stage-2.pth").unlink()
+    stage1 = torch.load(run / "checkpoints" / "stage-1.pth", weights_only=True)
+
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", "smoke", "--out", str(run),
+                                 "--resume", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "frozen-64: done earlier, skipped" in result.output
+    assert "stage 2/2 unfrozen-64" in result.output
+    assert (run / "export.pkl").is_file()
+    report = json.loads((run / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["frozen-64", "unfrozen-64"]
+    # Stage 1's weights were the starting point, not a fresh ImageNet body.
+    assert torch.equal(stage1["0.0.weight"], torch.load(run / "checkpoints" / "stage-1.pth", weights_only=True)["0.0.weight"])
+
+    again = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", "smoke", "--out", str(run), "--resume"])
+    assert again.exit_code == 0 and "already complete" in again.output
+
+
+def test_resume_refuses_a_different_recipe(runner, trained_run, demo_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", "demo", "--out", str(run), "--resume"])
+    assert result.exit_code == 1 and "recipe differs" in result.output
+
+
+def test_evaluate_reports_json_and_unknown_classes(runner, trained_run, demo_data, tmp_path):
+    data = tmp_path / "eval"
+    shutil.copytree(demo_data, data)
+    (data / "ukulele").mkdir()
+    shutil.copy(next((data / "les_paul").glob("*.jpg")), data / "ukulele" / "u.jpg")
+    plot = tmp_path / "cm.png"
+    result = runner.invoke(args=["evaluate", "--model", str(trained_run / "export.pkl"), "--data", str(data),
+                                 "--json", "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert scores["n"] == 42 and scores["unknown_classes"] == {"ukulele": 1}
+    assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["macro_f1"] <= 1
+    assert set(scores["per_class"]) == set(SMOKE_CLASSES)
+    assert np.array(scores["confusion_matrix"]).sum() == 42
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    summary = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(data)])
+    assert "Accuracy" in summary.output and "ukulele (1)" in summary.output
+
+
+def test_tampered_model_is_refused(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with open(run / "export.pkl", "ab") as fh:
+        fh.write(b"\0")
+    from training.inference import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        Predictor.load(run)
+
+
+def test_grad_cam_points_somewhere(trained_run, demo_data):
+    predictor = Predictor.load(trained_run)
+    image = open_image(next((demo_data / "les_paul").glob("*.jpg")))
+    cam = predictor.grad_cam(image, "les_paul")
+    assert cam.ndim == 2 and 0 <= cam.min() and cam.max() <= 1
+    overlay = predictor.heat_map(image, "les_paul")
+    assert overlay.size == (predictor.size, predictor.size)

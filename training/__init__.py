@@ -1,0 +1,1 @@
+"""Turn a folder of labelled photos into an exported fastai learner (no web code here)."""

@@ -1,0 +1,132 @@
+"""Click commands: train, evaluate, dataset check/demo. Plain click, so Flask and `python -m training` share them."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .backbones import WeightsUnavailable
+from .dataset import DatasetError
+from .recipes import RecipeError, available_recipes
+
+USER_ERRORS = (RecipeError, DatasetError, WeightsUnavailable)
+
+
+def _fail_clearly(func):
+    """Turn expected errors into a one-line `Error: ...` and exit status 1, not a traceback."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from .inference import ModelLoadError
+        from .runner import RunError
+
+        try:
+            return func(*args, **kwargs)
+        except (*USER_ERRORS, RunError, ModelLoadError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.command("train")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with one sub-folder of photos per class.")
+@click.option("--recipe", default="cpu", show_default=True,
+              help=f"Shipped recipe name ({', '.join(available_recipes())}) or path to a .toml file.")
+@click.option("--out", "out_dir", default="runs/latest", show_default=True, type=click.Path(path_type=Path),
+              help="Run directory for export.pkl, report.json and plots.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last completed stage.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bf16 on CPUs with native bf16 units and on CUDA, else fp32.")
+@click.option("--pretrained/--no-pretrained", default=True, show_default=True,
+              help="Start from ImageNet weights (random initialisation only when asked for).")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@_fail_clearly
+def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrained, progress):
+    """Train a classifier on DATA with a staged recipe and export it to OUT."""
+    from .recipes import load_recipe
+    from .runner import TrainOptions, train_recipe
+
+    options = TrainOptions(device=device, precision=precision, pretrained=pretrained, resume=resume,
+                           progress=progress)
+    train_recipe(data_dir, load_recipe(recipe), out_dir, options, echo=click.echo)
+    click.echo(f"Exported {out_dir / 'export.pkl'}")
+
+
+@click.command("evaluate")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="export.pkl or a run directory.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Labelled folder with the training layout.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the confusion matrix PNG here.")
+@_fail_clearly
+def evaluate_command(model_path, data_dir, as_json, plot):
+    """Score a trained model on a labelled folder."""
+    from .evaluate import evaluate_folder, evaluation_summary
+    from .inference import Predictor
+    from .metrics import plot_confusion_matrix
+
+    predictor = Predictor.load(model_path)
+    result = evaluate_folder(predictor, data_dir, progress=not as_json and sys.stderr.isatty())
+    if plot:
+        plot_confusion_matrix(result["confusion_matrix"], result["classes"], plot, title=f"Confusion on {data_dir}")
+    click.echo(json.dumps(result) if as_json else evaluation_summary(result))
+
+
+@click.group("dataset")
+def dataset_group():
+    """Inspect or create datasets."""
+
+
+@dataset_group.command("check")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@_fail_clearly
+def dataset_check_command(data_dir, as_json):
+    """Report class counts, unreadable files and duplicate groups (also across classes)."""
+    from .dataset import dataset_report, scan_dataset
+
+    report = dataset_report(scan_dataset(data_dir, progress=not as_json))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{report['images']} readable images in {len(report['classes'])} classes ({report['root']})")
+    for name, count in report["counts"].items():
+        click.echo(f"  {name:<28}{count:>6}")
+    click.echo(f"Unreadable files: {len(report['unreadable'])}")
+    for entry in report["unreadable"][:20]:
+        click.echo(f"  {entry['file']}: {entry['reason']}")
+    click.echo(f"Duplicate groups: {len(report['duplicate_groups'])} "
+               f"({report['duplicate_images']} images beyond the first of each group)")
+    click.echo(f"Duplicate groups spanning two or more classes: {len(report['cross_class_groups'])}")
+    for group in report["cross_class_groups"][:20]:
+        click.echo(f"  {', '.join(group['labels'])}: {', '.join(group['files'])}")
+
+
+@dataset_group.command("demo")
+@click.option("--out", "out_dir", default="demo_data", show_default=True, type=click.Path(path_type=Path))
+@click.option("--per-class", default=80, show_default=True, type=click.IntRange(2, 10000))
+@click.option("--size", default=160, show_default=True, type=click.IntRange(32, 1024))
+def dataset_demo_command(out_dir, per_class, size):
+    """Draw the synthetic guitar dataset used by `make run` (no downloads)."""
+    from .demo import make_demo_dataset
+
+    make_demo_dataset(out_dir, per_class=per_class, size=size)
+    click.echo(f"Demo dataset in {out_dir}")
+
+
+COMMANDS = [train_command, evaluate_command, dataset_group]
+
+
+@click.group()
+def main():
+    """guitar-classifier training commands (the same as `flask --app wsgi ...`)."""
+
+
+for _command in COMMANDS:
+    main.add_command(_command)

@@ -1,0 +1,142 @@
+"""Load an exported learner once and predict fast: batched, no per-call DataLoader, thread-safe, with Grad-CAM."""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .fsutil import sha256_file
+from .imaging import square_pad, to_batch
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing, corrupt, tampered with, or not a learner."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Class probabilities for one image, best first."""
+
+    labels: list[str]
+    probabilities: list[float]
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The `k` most likely classes with their probabilities."""
+        return list(zip(self.labels[:k], self.probabilities[:k]))
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """Accept a run directory or a .pkl path and return the .pkl path."""
+    path = Path(path)
+    return path / "export.pkl" if path.is_dir() else path
+
+
+class Predictor:
+    """An exported fastai learner ready to serve: eval mode, shared preprocessing, optional bf16."""
+
+    def __init__(self, learn, report: dict | None = None, path: Path | None = None):
+        self.learn = learn
+        self.model = learn.model.eval()
+        self.report = report or {}
+        self.path = path
+        meta = getattr(learn, "meta", None) or {}
+        self.classes: list[str] = list(meta.get("classes") or learn.dls.vocab)
+        self.size: int = int(meta["size"])
+        self.mean = tuple(meta["mean"])
+        self.std = tuple(meta["std"])
+        self.temperature: float = float(meta.get("temperature", 1.0))
+        self.meta = meta
+        # fastai's Learner is not thread-safe, but a module in eval mode is; the lock only guards CAM's autograd use.
+        self._cam_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> "Predictor":
+        """Load `export.pkl` (or a run directory), checking its SHA-256 against the run's report when present."""
+        from fastai.learner import load_learner
+
+        pkl = resolve_model_path(path)
+        if not pkl.is_file():
+            raise ModelLoadError(f"model file {pkl} does not exist; train one with `flask --app wsgi train`")
+        report_path = pkl.parent / "report.json"
+        report = {}
+        if report_path.exists():
+            try:
+                report = json.loads(report_path.read_text())
+            except ValueError as exc:
+                raise ModelLoadError(f"{report_path} is not valid JSON: {exc}") from exc
+        expected = report.get("model_sha256")
+        if verify and expected and sha256_file(pkl) != expected:
+            raise ModelLoadError(f"{pkl} does not match the SHA-256 recorded in {report_path}; refusing to load it")
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                learn = load_learner(pkl, cpu=True)
+        except Exception as exc:  # a truncated or foreign pickle raises many different types
+            raise ModelLoadError(f"{pkl} is not a loadable fastai learner ({exc.__class__.__name__}: {exc})") from exc
+        if not hasattr(learn, "model") or not hasattr(learn, "dls") or not getattr(learn, "meta", None):
+            raise ModelLoadError(f"{pkl} is not a learner exported by this project")
+        return cls(learn, report, pkl)
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch).float()
+
+    def predict(self, images: list[Image.Image]) -> list[Prediction]:
+        """Predict a batch of RGB images in one forward pass."""
+        if not images:
+            return []
+        results = []
+        for row in self.probabilities(images):
+            order = np.argsort(-row)
+            results.append(Prediction([self.classes[i] for i in order], [float(row[i]) for i in order]))
+        return results
+
+    def probabilities(self, images: list[Image.Image]) -> np.ndarray:
+        """Class probabilities in `self.classes` order, shape (N, C)."""
+        batch = to_batch(images, self.size, self.mean, self.std)
+        return torch.softmax(self._logits(batch) / self.temperature, dim=1).numpy()
+
+    def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
+        """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""
+        index = self.classes.index(label)
+        batch = to_batch([image], self.size, self.mean, self.std)
+        with self._cam_lock, torch.enable_grad():
+            with torch.no_grad():
+                features = self.model[0](batch)
+            features = features.detach().requires_grad_(True)
+            score = self.model[1](features)[0, index]
+            (grads,) = torch.autograd.grad(score, features)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = torch.relu((weights * features.detach()).sum(dim=1))[0].numpy()
+        top = cam.max()
+        return cam / top if top > 0 else cam
+
+    def heat_map(self, image: Image.Image, label: str, alpha: float = 0.5) -> Image.Image:
+        """The square-padded photo with its Grad-CAM for `label` blended over it."""
+        from matplotlib import colormaps
+
+        cam = self.grad_cam(image, label)
+        base = square_pad(image, self.size)
+        cam_img = Image.fromarray(np.uint8(cam * 255)).resize(base.size, Image.BICUBIC)
+        coloured = colormaps["jet"](np.asarray(cam_img) / 255.0)[..., :3]
+        blend = (1 - alpha) * np.asarray(base, dtype=np.float32) / 255.0 + alpha * coloured
+        return Image.fromarray(np.uint8(np.clip(blend, 0, 1) * 255))
+
+    def describe(self) -> dict:
+        """What is loaded, for pages and the API."""
+        return {
+            "classes": self.classes,
+            "backbone": self.meta.get("backbone"),
+            "size": self.size,
+            "recipe": self.meta.get("recipe"),
+            "trained_at": self.meta.get("trained_at"),
+            "temperature": self.temperature,
+            "sha256": self.report.get("model_sha256"),
+        }

@@ -1,0 +1,160 @@
+"""Recipes: a staged transfer-learning fit described as data in a TOML file."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .backbones import BACKBONES
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One `fit_one_cycle` call: which backbone, at what size, frozen or not, for how long."""
+
+    name: str
+    backbone: str
+    size: int
+    bs: int
+    frozen: bool
+    epochs: int
+    lr: float | tuple[float, float] | str
+    label_smoothing: float = 0.0
+    augment: bool = True
+
+    def lr_for_fit(self, found: float | None = None):
+        """The `lr_max` argument for fastai: a float, or a slice for discriminative rates."""
+        if self.lr == "find":
+            return found
+        if isinstance(self.lr, tuple):
+            return slice(*self.lr)
+        return self.lr
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered list of stages sharing one train/valid split."""
+
+    name: str
+    description: str
+    stages: tuple[Stage, ...]
+    valid_pct: float = 0.2
+    seed: int = 42
+    source: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict:
+        """Plain data for reports and resume checks."""
+        data = asdict(self)
+        data.pop("source")
+        return data
+
+
+_STAGE_KEYS = {"name", "backbone", "size", "bs", "frozen", "epochs", "lr", "label_smoothing", "augment"}
+_RECIPE_KEYS = {"description", "valid_pct", "seed", "stages"}
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped with the project."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def _number(value, what: str, where: str, kind=float, minimum=None, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise RecipeError(f"{where}: {what} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise RecipeError(f"{where}: {what} must be between {minimum} and {maximum}, got {value!r}")
+    return kind(value)
+
+
+def _parse_lr(value, where: str):
+    if value == "find":
+        return "find"
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise RecipeError(f"{where}: lr as a list must be [low, high], got {value!r}")
+        low, high = (_number(v, "lr", where, minimum=0) for v in value)
+        if not 0 < low <= high:
+            raise RecipeError(f"{where}: lr range needs 0 < low <= high, got {value!r}")
+        return (low, high)
+    if isinstance(value, str):
+        raise RecipeError(f"{where}: lr must be a number, [low, high] or \"find\", got {value!r}")
+    lr = _number(value, "lr", where, minimum=0)
+    if lr <= 0:
+        raise RecipeError(f"{where}: lr must be positive")
+    return lr
+
+
+def _parse_stage(raw: dict, index: int, source: str) -> Stage:
+    where = f"{source}, stage {index + 1}"
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: each [[stages]] entry must be a table")
+    unknown = set(raw) - _STAGE_KEYS
+    if unknown:
+        raise RecipeError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_STAGE_KEYS)}")
+    missing = {"backbone", "frozen", "epochs", "lr"} - set(raw)
+    if missing:
+        raise RecipeError(f"{where}: missing keys {sorted(missing)}")
+    backbone = raw["backbone"]
+    if backbone not in BACKBONES:
+        raise RecipeError(f"{where}: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if not isinstance(raw["frozen"], bool):
+        raise RecipeError(f"{where}: frozen must be true or false, got {raw['frozen']!r}")
+    if not isinstance(raw.get("augment", True), bool):
+        raise RecipeError(f"{where}: augment must be true or false")
+    return Stage(
+        name=str(raw.get("name", f"stage{index + 1}")),
+        backbone=backbone,
+        size=_number(raw.get("size", BACKBONES[backbone].default_size), "size", where, int, 32, 1024),
+        bs=_number(raw.get("bs", 64), "bs", where, int, 1, 4096),
+        frozen=raw["frozen"],
+        epochs=_number(raw["epochs"], "epochs", where, int, 1, 1000),
+        lr=_parse_lr(raw["lr"], where),
+        label_smoothing=_number(raw.get("label_smoothing", 0.0), "label_smoothing", where, float, 0.0, 0.5),
+        augment=raw.get("augment", True),
+    )
+
+
+def parse_recipe(text: str, name: str, source: str = "<string>") -> Recipe:
+    """Parse and validate recipe TOML text."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{source}: not valid TOML: {exc}") from None
+    unknown = set(raw) - _RECIPE_KEYS
+    if unknown:
+        raise RecipeError(f"{source}: unknown keys {sorted(unknown)}; allowed: {sorted(_RECIPE_KEYS)}")
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise RecipeError(f"{source}: a recipe needs at least one [[stages]] table")
+    parsed = tuple(_parse_stage(stage, i, source) for i, stage in enumerate(stages))
+    names = [s.name for s in parsed]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{source}: stage names must be unique, got {names}")
+    return Recipe(
+        name=name,
+        description=str(raw.get("description", "")),
+        stages=parsed,
+        valid_pct=_number(raw.get("valid_pct", 0.2), "valid_pct", source, float, 0.01, 0.9),
+        seed=_number(raw.get("seed", 42), "seed", source, int),
+        source=source,
+    )
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a shipped recipe by name, or any recipe file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = RECIPE_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            raise RecipeError(f"no recipe named {name_or_path!r}; shipped recipes: {', '.join(available_recipes())}")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+    return parse_recipe(text, path.stem, str(path))

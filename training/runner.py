@@ -1,0 +1,322 @@
+"""Run a recipe stage by stage, checkpointing each stage, and export the learner with its report."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.schedule import minimum, steep, valley  # noqa: F401  (patches Learner.lr_find)
+from fastai.callback.progress import ProgressCallback
+
+from .backbones import get_backbone
+from .dataset import DatasetScan, check_trainable, scan_dataset, split_items
+from .fsutil import atomic_path, sha256_file, write_json
+from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss
+from .metrics import classification_metrics, plot_confusion_matrix
+from .recipes import Recipe
+
+STATE_FILE = "state.json"
+SPLIT_FILE = "split.json"
+
+
+class RunError(RuntimeError):
+    """A training run that cannot start or continue, with the reason."""
+
+
+@dataclass
+class TrainOptions:
+    """How to run a recipe, beyond the recipe itself."""
+
+    device: str = "auto"          # auto, cpu or cuda
+    precision: str = "auto"       # auto, fp32 or bf16 (auto: bf16 where the hardware does it fast)
+    pretrained: bool = True
+    resume: bool = False
+    progress: bool = True
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` means CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise RunError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matrix units (AVX512-BF16 / AMX), where autocast pays off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """Resolve `auto` to bf16 or fp16 on CUDA, bf16 on capable CPUs, else fp32."""
+    if name not in ("auto", "fp32", "bf16"):
+        raise RunError(f"unknown precision {name!r}; use auto, fp32 or bf16")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+class EpochTable(Callback):
+    """Record the blog's per-epoch table: train_loss, valid_loss, error_rate, accuracy, seconds."""
+
+    order = 60  # after the Recorder has logged the epoch
+
+    def __init__(self):
+        self.rows = []
+
+    def before_epoch(self):
+        self.started = time.perf_counter()
+
+    def after_epoch(self):
+        names = ["train_loss", "valid_loss", "error_rate", "accuracy"]
+        values = [float(v) for v in self.learn.recorder.values[-1]]
+        row = {"epoch": len(self.rows) + 1, **dict(zip(names, values))}
+        row["seconds"] = round(time.perf_counter() - self.started, 2)
+        self.rows.append(row)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the result."""
+    names = ["torch", "torchvision", "fastai", "timm", "pillow", "numpy"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _split_frame(scan: DatasetScan, recipe: Recipe, out: Path, resume: bool) -> pd.DataFrame:
+    """The run's train/valid split: made once, saved with the run and reused by every stage and on resume."""
+    split_path = out / SPLIT_FILE
+    if resume and split_path.exists():
+        rows = json.loads(split_path.read_text())["items"]
+        known = {item.relpath for item in scan.items}
+        missing = [r["path"] for r in rows if r["path"] not in known]
+        if missing:
+            raise RunError(f"cannot resume: {len(missing)} images of the saved split are gone (e.g. {missing[0]})")
+    else:
+        is_valid = split_items(scan.items, recipe.valid_pct, recipe.seed)
+        rows = [{"path": i.relpath, "label": i.label, "is_valid": v} for i, v in zip(scan.items, is_valid)]
+        write_json(split_path, {"seed": recipe.seed, "valid_pct": recipe.valid_pct, "items": rows})
+    frame = pd.DataFrame(rows)
+    frame["path"] = [str(scan.root / p) for p in frame["path"]]
+    return frame
+
+
+def _load_state(out: Path, recipe: Recipe, scan: DatasetScan, options: TrainOptions) -> dict:
+    state_path = out / STATE_FILE
+    fresh = {
+        "recipe": recipe.to_dict(),
+        "dataset_fingerprint": scan.fingerprint(),
+        "pretrained": options.pretrained,
+        "completed": [],
+        "exported": False,
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not state_path.exists():
+        return fresh
+    state = json.loads(state_path.read_text())
+    if not options.resume:
+        done = len(state.get("completed", []))
+        raise RunError(
+            f"{out} already holds a run ({done} of {len(state['recipe']['stages'])} stages done); "
+            f"pass --resume to continue it, or choose another --out"
+        )
+    if state["recipe"] != recipe.to_dict():
+        raise RunError(f"cannot resume: the recipe differs from the one {out} was started with")
+    if state["dataset_fingerprint"] != scan.fingerprint():
+        raise RunError(f"cannot resume: the data folder changed since {out} was started")
+    if state["pretrained"] != options.pretrained:
+        raise RunError("cannot resume: --pretrained/--no-pretrained differs from the original run")
+    return state
+
+
+def _save_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def _lr_find(learn, out: Path, stage_name: str, cbs) -> float:
+    """Run fastai's lr_find, save its plot, and return the suggested (valley) learning rate."""
+    import matplotlib.pyplot as plt
+
+    suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=True, cbs=cbs)
+    with atomic_path(out / f"lr_find-{stage_name}.png") as tmp:
+        plt.gcf().savefig(tmp, format="png")
+    plt.close("all")
+    return float(suggestion.valley)
+
+
+def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options: TrainOptions | None = None,
+                 echo: Callable[[str], None] = print) -> dict:
+    """Train every stage of `recipe` on `data_dir`, write RUN_DIR files, and return the report."""
+    options = options or TrainOptions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(options.device)
+    precision = pick_precision(options.precision, device)
+
+    scan = scan_dataset(data_dir, progress=options.progress)
+    check_trainable(scan)
+    state = _load_state(out, recipe, scan, options)
+    if state["exported"] and (out / "export.pkl").exists():
+        echo(f"{out} is already complete; nothing to do.")
+        return json.loads((out / "report.json").read_text())
+    if options.pretrained:  # fail before any work if a backbone's weights are missing
+        for name in dict.fromkeys(s.backbone for s in recipe.stages):
+            get_backbone(name).body(pretrained=True)
+    frame = _split_frame(scan, recipe, out, options.resume)
+    echo(f"{len(scan.items)} images, {len(scan.classes)} classes, "
+         f"{int(frame.is_valid.sum())} for validation; device {device.type}, precision {precision}")
+
+    learn, backbone = None, None
+    completed = state["completed"]
+    for index, stage in enumerate(recipe.stages):
+        if index < len(completed):
+            echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: done earlier, skipped")
+            continue
+        dls = make_dataloaders(frame, scan.classes, stage.backbone, stage.size, stage.bs,
+                               augment=stage.augment, seed=recipe.seed, device=device)
+        if learn is not None and stage.backbone == backbone:
+            learn.dls = dls  # progressive resizing: same weights, new image size
+            learn.loss_func = make_loss(stage.label_smoothing)
+        else:
+            model = None
+            previous = recipe.stages[index - 1] if index else None
+            if previous is not None and previous.backbone == stage.backbone:
+                # Resuming mid-backbone: rebuild the architecture and load the last completed stage's weights.
+                model = build_model(stage.backbone, len(scan.classes), pretrained=False)
+                checkpoint = out / "checkpoints" / f"stage-{index}.pth"
+                model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+            learn = build_learner(dls, stage.backbone, options.pretrained, stage.label_smoothing, model=model)
+            learn.model.to(device)
+            backbone = stage.backbone
+        learn.path = out
+        if not options.progress:
+            learn.remove_cbs(ProgressCallback)
+        cbs = []
+        if precision == "bf16" and device.type == "cpu":
+            cbs.append(CPUAutocast())
+        elif precision in ("bf16", "fp16") and device.type == "cuda":
+            cbs.append(MixedPrecision(amp_mode=precision))
+        if stage.frozen:
+            learn.freeze()
+        else:
+            learn.unfreeze()
+
+        record = {"stage": stage.name, "backbone": stage.backbone, "size": stage.size, "bs": stage.bs,
+                  "frozen": stage.frozen, "lr": stage.lr}
+        if stage.lr == "find":
+            record["lr_found"] = _lr_find(learn, out, stage.name, cbs)
+            echo(f"  lr_find suggests {record['lr_found']:.2e}")
+        echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
+             f"{'frozen' if stage.frozen else 'unfrozen'}, {stage.epochs} epochs, lr {stage.lr}")
+        table = EpochTable()
+        learn.fit_one_cycle(stage.epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
+        record["epochs"] = table.rows
+        _save_checkpoint(learn.model, out / "checkpoints" / f"stage-{index + 1}.pth")
+        completed.append(record)
+        write_json(out / STATE_FILE, state)
+
+    if learn is None:  # every stage was done before a crash during export: rebuild the final model
+        learn = _rebuild_final(recipe, scan, frame, out, device)
+    report = _finish(learn, recipe, scan, state, out, options, precision, echo)
+    return report
+
+
+def _rebuild_final(recipe: Recipe, scan: DatasetScan, frame: pd.DataFrame, out: Path, device):
+    last = recipe.stages[-1]
+    dls = make_dataloaders(frame, scan.classes, last.backbone, last.size, last.bs, last.augment, recipe.seed,
+                           device=device)
+    model = build_model(last.backbone, len(scan.classes), pretrained=False)
+    checkpoint = out / "checkpoints" / f"stage-{len(recipe.stages)}.pth"
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return build_learner(dls, last.backbone, pretrained=False, model=model.to(device))
+
+
+def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, options: TrainOptions,
+            precision: str, echo) -> dict:
+    """Score the validation set, export the learner atomically, and write the report and plots."""
+    last = recipe.stages[-1]
+    spec = get_backbone(last.backbone)
+    probs, targets = learn.get_preds(dl=learn.dls.valid)
+    metrics = classification_metrics(probs.numpy(), targets.numpy(), scan.classes)
+    trained = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    learn.meta = {
+        "classes": list(scan.classes),
+        "backbone": last.backbone,
+        "size": last.size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "recipe": recipe.name,
+        "trained_at": trained,
+    }
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
+    with atomic_path(out / "export.pkl") as tmp:
+        learn.export(tmp)
+    model_sha = sha256_file(out / "export.pkl")
+    plot_confusion_matrix(metrics["confusion_matrix"], scan.classes, out / "confusion_matrix.png")
+
+    seconds = sum(row["seconds"] for stage in state["completed"] for row in stage["epochs"])
+    report = {
+        "classes": scan.classes,
+        "backbone": last.backbone,
+        "size": last.size,
+        "recipe": recipe.to_dict(),
+        "weights": "ImageNet (" + ", ".join(
+            dict.fromkeys(get_backbone(s.backbone).weights_source for s in recipe.stages)) + ")"
+        if options.pretrained else "random initialisation (--no-pretrained)",
+        "split_seed": recipe.seed,
+        "dataset": {"root": str(scan.root), "fingerprint": scan.fingerprint(), "images": len(scan.items),
+                    "unreadable": len(scan.unreadable), "counts": scan.counts()},
+        "stages": state["completed"],
+        "validation": metrics,
+        "training_seconds": round(seconds, 1),
+        "precision": precision,
+        "device": str(learn.dls.device),
+        "trained_at": trained,
+        "packages": package_versions(),
+        "model_sha256": model_sha,
+    }
+    write_json(out / "report.json", report)
+    state["exported"] = True
+    write_json(out / STATE_FILE, state)
+    echo(summary_text(report))
+    return report
+
+
+def summary_text(report: dict) -> str:
+    """A one-screen summary of a finished run."""
+    lines = [f"Recipe {report['recipe']['name']}: {report['backbone']} @{report['size']}px, "
+             f"{len(report['classes'])} classes, {report['training_seconds'] / 60:.1f} min of training"]
+    lines.append(f"{'stage':<28}{'epoch':>6}{'train_loss':>12}{'valid_loss':>12}{'accuracy':>10}{'seconds':>9}")
+    for stage in report["stages"]:
+        for row in stage["epochs"]:
+            lines.append(f"{stage['stage']:<28}{row['epoch']:>6}{row['train_loss']:>12.4f}"
+                         f"{row['valid_loss']:>12.4f}{row['accuracy']:>10.4f}{row['seconds']:>9.1f}")
+    val = report["validation"]
+    lines.append(f"Validation: accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} on {val['n']} images")
+    if val["most_confused"]:
+        pairs = ", ".join(f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in val["most_confused"][:5])
+        lines.append(f"Most confused: {pairs}")
+    return "\n".join(lines)

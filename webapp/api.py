@@ -1,0 +1,60 @@
+"""JSON API: predict, model metadata, health and readiness, OpenAPI description."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, current_app, jsonify, request, send_file
+
+from .service import classify, current_predictor
+from .uploads import UploadError, parse_top_k, read_uploads
+
+bp = Blueprint("api", __name__)
+OPENAPI = Path(__file__).with_name("openapi.json")
+
+
+def model_summary(predictor) -> dict:
+    """Metadata and validation metrics of the loaded model."""
+    report = predictor.report
+    validation = report.get("validation", {})
+    return {
+        **predictor.describe(),
+        "validation": {k: validation.get(k) for k in ("accuracy", "macro_f1", "n", "per_class",
+                                                       "confusion_matrix", "most_confused")},
+        "unsure_below": report.get("unsure_below"),
+    }
+
+
+@bp.post("/api/v1/predict")
+def predict():
+    predictor = current_predictor()
+    top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
+    uploads = read_uploads(request.files.getlist("file"), current_app.config["MAX_FILES"],
+                           current_app.config["MAX_PIXELS"])
+    results = classify(predictor, uploads, top_k)
+    return jsonify({"model": predictor.describe(), "results": results})
+
+
+@bp.get("/api/v1/model")
+def model():
+    return jsonify(model_summary(current_predictor()))
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    return send_file(OPENAPI, mimetype="application/json")
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    holder = current_app.extensions["guitars_model"]
+    if holder.get() is None:
+        return jsonify({"status": "not ready", "reason": holder.error}), 503
+    return jsonify({"status": "ready"})
+
+
+__all__ = ["bp", "UploadError"]

@@ -1,0 +1,47 @@
+"""HTML pages: upload form, results with heat maps, and the model page."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, render_template, request, send_file
+
+from .api import model_summary
+from .service import classify, current_predictor, png_data_uri
+from .uploads import parse_top_k, read_uploads
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.get("/")
+def index():
+    holder = current_app.extensions["guitars_model"]
+    predictor = holder.get()
+    return render_template("index.html", predictor=predictor, error=holder.error,
+                           max_mb=current_app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024),
+                           max_files=current_app.config["MAX_FILES"])
+
+
+@bp.post("/predict")
+def predict():
+    predictor = current_predictor()
+    top_k = parse_top_k(request.form.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
+    uploads = read_uploads(request.files.getlist("file"), current_app.config["MAX_FILES"],
+                           current_app.config["MAX_PIXELS"])
+    results = classify(predictor, uploads, top_k)
+    for upload, result in zip(uploads, results):
+        result["thumbnail"] = png_data_uri(upload.image, max_side=320)
+        result["heat_map"] = png_data_uri(predictor.heat_map(upload.image, result["predictions"][0]["label"]))
+    return render_template("results.html", results=results, predictor=predictor)
+
+
+@bp.get("/model")
+def model():
+    predictor = current_predictor()
+    return render_template("model.html", model=model_summary(predictor), report=predictor.report)
+
+
+@bp.get("/model/confusion_matrix.png")
+def confusion_matrix():
+    predictor = current_predictor()
+    path = predictor.path.parent / "confusion_matrix.png"
+    if not path.is_file():
+        abort(404)
+    return send_file(path, mimetype="image/png", max_age=60)

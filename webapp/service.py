@@ -1,0 +1,52 @@
+"""Prediction results as plain data for the API and the pages."""
+from __future__ import annotations
+
+import base64
+import io
+
+from flask import current_app
+
+from training.inference import Predictor
+
+from .uploads import Upload, UploadError
+
+
+def current_predictor() -> Predictor:
+    """The loaded model, or a 503 explaining why there is none."""
+    holder = current_app.extensions["guitars_model"]
+    predictor = holder.get()
+    if predictor is None:
+        raise UploadError(503, "model_unavailable", f"No model is loaded: {holder.error}")
+    return predictor
+
+
+def unsure_threshold(predictor: Predictor) -> float:
+    """Below this top probability we say the model is not sure: configured, else from the run's report, else 0.5."""
+    configured = current_app.config.get("UNSURE_BELOW")
+    if configured:
+        return float(configured)
+    return float(predictor.report.get("unsure_below", 0.5))
+
+
+def classify(predictor: Predictor, uploads: list[Upload], top_k: int) -> list[dict]:
+    """Top-k predictions for every upload, in one batch, with the not-sure flag."""
+    threshold = unsure_threshold(predictor)
+    results = []
+    for upload, prediction in zip(uploads, predictor.predict([u.image for u in uploads])):
+        top = prediction.top(top_k)
+        results.append({
+            "filename": upload.filename,
+            "predictions": [{"label": label, "probability": round(p, 6)} for label, p in top],
+            "uncertain": top[0][1] < threshold,
+        })
+    return results
+
+
+def png_data_uri(image, max_side: int | None = None) -> str:
+    """An image as an inline PNG, so uploads are shown without ever being stored."""
+    if max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,49 @@
+"""Settings from GUITARS_* environment variables, with defaults that work for `make run`."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def _number(env, name: str, default, kind=int):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+
+
+def development_secret(instance_dir: Path) -> str:
+    """A random key generated once into the instance folder, so every worker signs forms alike."""
+    path = instance_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker won the race
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def load_settings(env, instance_dir: Path) -> dict:
+    """Flask config keys from an environment mapping."""
+    secret = env.get("GUITARS_SECRET_KEY")
+    return {
+        "MODEL_PATH": env.get("GUITARS_MODEL", "runs/demo"),
+        "TOP_K": _number(env, "GUITARS_TOP_K", 3),
+        "MAX_FILES": _number(env, "GUITARS_MAX_FILES", 8),
+        "MAX_CONTENT_LENGTH": _number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * 1024 * 1024,
+        "MAX_PIXELS": _number(env, "GUITARS_MAX_PIXELS", 40_000_000),
+        "UNSURE_BELOW": _number(env, "GUITARS_UNSURE_BELOW", 0.0, float) or None,
+        "RATE_LIMIT_PER_MINUTE": _number(env, "GUITARS_RATE_LIMIT", 0),
+        "SECRET_KEY": secret or development_secret(instance_dir),
+        "SECRET_KEY_FROM_ENV": bool(secret),
+    }
