@@ -40,10 +40,11 @@ def test_report_has_the_blogs_table_and_validation_metrics(trained_run):
 def test_export_loads_in_a_process_that_imports_only_the_inference_module(trained_run, demo_data):
     image = next((demo_data / "flying_v").glob("*.jpg"))
     code = textwrap.dedent(f"""
+        from pathlib import Path
         from fastai.learner import load_learner
         import training.inference
         learn = load_learner({str(trained_run / 'export.pkl')!r}, cpu=True)
-        label, index, probs = learn.predict({str(image)!r})
+        label, index, probs = learn.predict(Path({str(image)!r}))
         print(len(probs), list(learn.dls.vocab))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

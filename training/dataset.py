@@ -67,7 +67,7 @@ def list_images(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     classes, files = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         names = sorted(
-            str(p.relative_to(root)) for p in class_dir.rglob("*") if p.is_file() and is_image_file(p)
+            str(p.relative_to(root)) for p in class_dir.iterdir() if p.is_file() and is_image_file(p)
         )
         if names:
             classes.append(class_dir.name)

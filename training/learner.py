@@ -1,11 +1,14 @@
 """Build fastai DataLoaders and Learners for a stage, with the project's shared preprocessing."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.core import Callback
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
-from fastai.data.transforms import ColReader, ColSplitter, IntToFloatTensor, Normalize
+from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize, parent_label
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import accuracy, error_rate
@@ -26,7 +29,7 @@ def image_block() -> TransformBlock:
 
 def make_dataloaders(frame: pd.DataFrame, classes: list[str], backbone: str, size: int, bs: int,
                      augment: bool = True, seed: int = 42, device=None, num_workers: int = 0):
-    """DataLoaders from a frame of `path`, `label`, `is_valid` columns at one image size."""
+    """DataLoaders from a frame of `path` (DATA/<class>/<file>) and `is_valid` columns at one image size."""
     spec = get_backbone(backbone)
     batch_tfms = []
     if augment:
@@ -36,13 +39,13 @@ def make_dataloaders(frame: pd.DataFrame, classes: list[str], backbone: str, siz
     batch_tfms.append(Normalize.from_stats(spec.mean, spec.std))
     block = DataBlock(
         blocks=(image_block(), CategoryBlock(vocab=classes)),
-        get_x=ColReader("path"),
-        get_y=ColReader("label"),
-        splitter=ColSplitter("is_valid"),
+        get_y=parent_label,
+        splitter=IndexSplitter(np.flatnonzero(frame["is_valid"].to_numpy())),
         item_tfms=SquarePad(size),
         batch_tfms=batch_tfms,
     )
-    return block.dataloaders(frame, bs=bs, num_workers=num_workers, device=device, seed=seed)
+    # Plain paths as items (not frame rows) so that `learn.predict(path)` works on the exported learner.
+    return block.dataloaders([Path(p) for p in frame["path"]], bs=bs, num_workers=num_workers, device=device, seed=seed)
 
 
 class GuitarModel(nn.Sequential):

@@ -141,7 +141,7 @@ def _load_state(out: Path, recipe: Recipe, scan: DatasetScan, options: TrainOpti
             f"{out} already holds a run ({done} of {len(state['recipe']['stages'])} stages done); "
             f"pass --resume to continue it, or choose another --out"
         )
-    if state["recipe"] != recipe.to_dict():
+    if state["recipe"] != json.loads(json.dumps(recipe.to_dict())):  # compare as JSON: tuples became lists
         raise RunError(f"cannot resume: the recipe differs from the one {out} was started with")
     if state["dataset_fingerprint"] != scan.fingerprint():
         raise RunError(f"cannot resume: the data folder changed since {out} was started")

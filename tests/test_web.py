@@ -1,0 +1,172 @@
+"""Every route and error through the Flask test client, with real images and the real smoke model."""
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SMOKE_CLASSES
+from tests.images import encode, upload
+from training.imaging import open_image
+from training.inference import Predictor
+from webapp import create_app
+
+
+def post_predict(client, files, **form):
+    return client.post("/api/v1/predict", data={"file": files, **form}, content_type="multipart/form-data")
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_api_predicts_top_k_equal_to_the_learner(client, trained_run, demo_data):
+    path = next((demo_data / "flying_v").glob("*.jpg"))
+    response = post_predict(client, [upload(path.read_bytes(), "v.jpg")], top_k="2")
+    assert response.status_code == 200
+    body = response.json
+    assert body["model"]["classes"] == sorted(SMOKE_CLASSES)
+    (result,) = body["results"]
+    assert result["filename"] == "v.jpg" and isinstance(result["uncertain"], bool)
+    assert len(result["predictions"]) == 2
+    _, _, expected = Predictor.load(trained_run).learn.predict(path)
+    best = int(np.argmax(expected))
+    assert result["predictions"][0]["label"] == sorted(SMOKE_CLASSES)[best]
+    assert result["predictions"][0]["probability"] == pytest.approx(float(expected[best]), abs=1e-4)
+
+
+def test_api_takes_several_files_in_one_request(client, demo_data):
+    files = [upload(p.read_bytes(), p.name) for p in sorted(demo_data.rglob("*.jpg"))[:3]]
+    body = post_predict(client, files).json
+    assert [r["filename"] for r in body["results"]] == [f[1] for f in files]
+    assert all(len(r["predictions"]) == 3 for r in body["results"])
+
+
+@pytest.mark.parametrize("files, status, code", [
+    ([], 400, "no_file"),
+    ([upload(b"", "empty.jpg")], 400, "empty_file"),
+    ([upload(b"<html>hi</html>", "page.jpg")], 415, "unsupported_image"),
+    ([upload(b"%PDF-1.4\n%%EOF", "doc.pdf")], 415, "unsupported_image"),
+])
+def test_api_errors_are_json_with_the_right_status(client, files, status, code):
+    response = post_predict(client, files)
+    assert response.status_code == status
+    assert response.json["error"]["code"] == code
+    assert response.json["error"]["message"]
+
+
+def test_api_refuses_images_with_too_many_pixels(trained_run):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "MAX_PIXELS": 10_000})
+    response = post_predict(app.test_client(), [upload(encode(Image.new("RGB", (200, 200))))])
+    assert response.status_code == 422 and response.json["error"]["code"] == "image_too_large"
+
+
+def test_api_refuses_uploads_over_the_size_limit(trained_run):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "MAX_CONTENT_LENGTH": 1000})
+    response = post_predict(app.test_client(), [upload(b"x" * 5000)])
+    assert response.status_code == 413 and response.json["error"]["code"] == "too_large"
+
+
+@pytest.mark.parametrize("top_k", ["-1", "0", "1000", "abc"])
+def test_api_rejects_bad_top_k(client, demo_data, top_k):
+    image = next(demo_data.rglob("*.jpg")).read_bytes()
+    response = post_predict(client, [upload(image)], top_k=top_k)
+    assert response.status_code == 400 and response.json["error"]["code"] == "bad_top_k"
+
+
+def test_model_endpoint_and_openapi(client):
+    model = client.get("/api/v1/model").json
+    assert model["classes"] == sorted(SMOKE_CLASSES) and model["backbone"] == "efficientnet_lite0"
+    assert len(model["validation"]["confusion_matrix"]) == 3
+    spec = client.get("/api/v1/openapi.json").json
+    assert "/api/v1/predict" in spec["paths"]
+
+
+def test_upload_page_and_results_with_heat_map(client, demo_data):
+    page = client.get("/")
+    assert page.status_code == 200 and b'type="file"' in page.data and b"multiple" in page.data
+    image = next((demo_data / "les_paul").glob("*.jpg")).read_bytes()
+    result = client.post("/predict", data={"file": upload(image, "lp.jpg")}, content_type="multipart/form-data")
+    html = result.get_data(as_text=True)
+    assert result.status_code == 200
+    assert html.count("<progress") == 3
+    assert 'class="heat-map" src="data:image/png;base64,' in html
+    assert "lp.jpg" in html
+
+
+def test_results_say_when_the_model_is_unsure(trained_run, demo_data):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "WTF_CSRF_ENABLED": False,
+                      "UNSURE_BELOW": 1.01})
+    image = next(demo_data.rglob("*.jpg")).read_bytes()
+    html = app.test_client().post("/predict", data={"file": upload(image)},
+                                  content_type="multipart/form-data").get_data(as_text=True)
+    assert "not sure" in html
+
+
+def test_model_page_shows_the_confusion_matrix(client):
+    html = client.get("/model").get_data(as_text=True)
+    assert 'id="confusion-matrix"' in html and "frozen-64" in html and "stratocaster" in html
+    image = client.get("/model/confusion_matrix.png")
+    assert image.status_code == 200 and image.data[:4] == b"\x89PNG"
+
+
+def test_html_errors_are_friendly_pages(client):
+    response = client.get("/no-such-page")
+    assert response.status_code == 404 and b"Back to the upload form" in response.data
+    bad = client.post("/predict", data={"file": upload(b"not an image")}, content_type="multipart/form-data")
+    assert bad.status_code == 415 and b"not an image we can read" in bad.data
+    assert b"Traceback" not in bad.data
+
+
+def test_form_requires_a_csrf_token(trained_run, demo_data):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)})
+    client = app.test_client()
+    image = next(demo_data.rglob("*.jpg")).read_bytes()
+    refused = client.post("/predict", data={"file": upload(image)}, content_type="multipart/form-data")
+    assert refused.status_code == 400
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    accepted = client.post("/predict", data={"file": upload(image), "csrf_token": token},
+                           content_type="multipart/form-data")
+    assert accepted.status_code == 200
+
+
+def test_security_headers(client):
+    headers = client.get("/").headers
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+
+
+def test_missing_model_is_reported_not_crashed_on(tmp_path):
+    app = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path / "nothing")})
+    client = app.test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "does not exist" in ready.json["reason"]
+    assert client.get("/healthz").status_code == 200
+    assert post_predict(client, [upload(b"x")]).status_code == 503
+    assert b"No model is loaded" in client.get("/").data
+
+
+def test_corrupt_model_file_is_not_ready(tmp_path):
+    (tmp_path / "export.pkl").write_bytes(b"this is not a pickle")
+    client = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path)}).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "not a loadable fastai learner" in ready.json["reason"]
+
+
+def test_model_file_change_is_picked_up_whole(trained_run, tmp_path, demo_data):
+    import shutil
+    import time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    app = create_app({"TESTING": True, "MODEL_PATH": str(run)})
+    holder = app.extensions["guitars_model"]
+    holder.check_every = 0
+    assert holder.get() is None
+    for name in ("report.json", "confusion_matrix.png", "export.pkl"):
+        shutil.copy(trained_run / name, run / name)
+    time.sleep(0.01)
+    predictor = holder.get()
+    assert predictor is not None and predictor.classes == sorted(SMOKE_CLASSES)
+    assert predictor.predict([open_image(next(demo_data.rglob("*.jpg")))])[0].labels
