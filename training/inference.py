@@ -55,7 +55,7 @@ class Predictor:
         self._cam_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> "Predictor":
+    def load(cls, path: str | Path, verify: bool = True) -> Predictor:
         """Load `export.pkl` (or a run directory), checking its SHA-256 against the run's report when present."""
         from fastai.learner import load_learner
 

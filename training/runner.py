@@ -5,17 +5,17 @@ import datetime as dt
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.schedule import minimum, steep, valley  # noqa: F401  (patches Learner.lr_find)
 from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import minimum, steep, valley  # noqa: F401  (patches Learner.lr_find)
 
 from .backbones import get_backbone
 from .dataset import DatasetScan, check_trainable, scan_dataset, split_items
@@ -130,7 +130,7 @@ def _load_state(out: Path, recipe: Recipe, scan: DatasetScan, options: TrainOpti
         "pretrained": options.pretrained,
         "completed": [],
         "exported": False,
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     if not state_path.exists():
         return fresh
@@ -260,7 +260,7 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
     spec = get_backbone(last.backbone)
     probs, targets = learn.get_preds(dl=learn.dls.valid)
     metrics = classification_metrics(probs.numpy(), targets.numpy(), scan.classes)
-    trained = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    trained = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     learn.meta = {
         "classes": list(scan.classes),
