@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from training.demo import make_demo_dataset
 
@@ -53,3 +59,45 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/readyz", timeout=10).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading the model
+            pass
+        time.sleep(0.3)
+    raise AssertionError("gunicorn did not become ready in time")
+
+
+@pytest.fixture
+def server(trained_run, tmp_path):
+    port = free_port()
+    env = {**os.environ, "GUITARS_MODEL": str(trained_run), "GUITARS_BIND": f"127.0.0.1:{port}",
+           "GUITARS_WORKERS": "2", "GUITARS_SECRET_KEY": "test-secret"}
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    log = open(tmp_path / "gunicorn.log", "w")
+    proc = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, time.monotonic() + 120)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -1,0 +1,43 @@
+"""A real gunicorn on a free loopback port, hit with real uploads; a killed worker is replaced."""
+import os
+import signal
+import subprocess
+import time
+
+import requests
+
+
+def worker_pids(master: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_gunicorn_serves_predictions_and_survives_a_killed_worker(server, demo_data):
+    url, proc = server
+    images = sorted(demo_data.rglob("*.jpg"))[:6]
+    for path in images:
+        response = requests.post(url + "/api/v1/predict", files={"file": (path.name, path.read_bytes())}, timeout=30)
+        assert response.status_code == 200
+        assert response.json()["results"][0]["predictions"][0]["label"] in {"stratocaster", "flying_v", "les_paul"}
+    bad = requests.post(url + "/api/v1/predict", files={"file": ("x.jpg", b"garbage")}, timeout=30)
+    assert bad.status_code == 415
+    assert requests.get(url + "/", timeout=10).headers["X-Frame-Options"] == "DENY"
+
+    workers = worker_pids(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    answered = 0
+    while time.monotonic() < deadline and answered < 10:
+        try:
+            response = requests.post(url + "/api/v1/predict",
+                                     files={"file": (images[0].name, images[0].read_bytes())}, timeout=30)
+            assert response.status_code == 200
+            answered += 1
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    assert answered == 10
+    while time.monotonic() < deadline and len(worker_pids(proc.pid)) < 2:
+        time.sleep(0.3)
+    replaced = worker_pids(proc.pid)
+    assert len(replaced) == 2 and workers[0] not in replaced
