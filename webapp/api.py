@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, current_app, jsonify, send_file
 
-from .service import classify, current_predictor
-from .uploads import UploadError, parse_top_k, read_uploads
+from .service import classify_request, current_predictor
 
 bp = Blueprint("api", __name__)
 OPENAPI = Path(__file__).with_name("openapi.json")
@@ -26,11 +25,7 @@ def model_summary(predictor) -> dict:
 
 @bp.post("/api/v1/predict")
 def predict():
-    predictor = current_predictor()
-    top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
-    uploads = read_uploads(request.files.getlist("file"), current_app.config["MAX_FILES"],
-                           current_app.config["MAX_PIXELS"])
-    results = classify(predictor, uploads, top_k)
+    predictor, _, results = classify_request()
     return jsonify({"model": predictor.describe(), "results": results})
 
 
@@ -56,5 +51,3 @@ def readyz():
         return jsonify({"status": "not ready", "reason": holder.error}), 503
     return jsonify({"status": "ready"})
 
-
-__all__ = ["bp", "UploadError"]

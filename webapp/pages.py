@@ -1,11 +1,10 @@
 """HTML pages: upload form, results with heat maps, and the model page."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, render_template, request, send_file
+from flask import Blueprint, abort, current_app, render_template, send_file
 
 from .api import model_summary
-from .service import classify, current_predictor, png_data_uri
-from .uploads import parse_top_k, read_uploads
+from .service import classify_request, current_predictor, png_data_uri
 
 bp = Blueprint("pages", __name__)
 
@@ -21,11 +20,7 @@ def index():
 
 @bp.post("/predict")
 def predict():
-    predictor = current_predictor()
-    top_k = parse_top_k(request.form.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
-    uploads = read_uploads(request.files.getlist("file"), current_app.config["MAX_FILES"],
-                           current_app.config["MAX_PIXELS"])
-    results = classify(predictor, uploads, top_k)
+    predictor, uploads, results = classify_request()
     for upload, result in zip(uploads, results):
         result["thumbnail"] = png_data_uri(upload.image, max_side=320)
         result["heat_map"] = png_data_uri(predictor.heat_map(upload.image, result["predictions"][0]["label"]))

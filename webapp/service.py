@@ -4,11 +4,11 @@ from __future__ import annotations
 import base64
 import io
 
-from flask import current_app
+from flask import current_app, request
 
 from training.inference import Predictor
 
-from .uploads import Upload, UploadError
+from .uploads import Upload, UploadError, parse_top_k, read_uploads
 
 
 def current_predictor() -> Predictor:
@@ -50,3 +50,12 @@ def png_data_uri(image, max_side: int | None = None) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def classify_request() -> tuple[Predictor, list[Upload], list[dict]]:
+    """Read the current request's files and `top_k`, and classify them: shared by the API and the form."""
+    predictor = current_predictor()
+    top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
+    uploads = read_uploads(request.files.getlist("file"), current_app.config["MAX_FILES"],
+                           current_app.config["MAX_PIXELS"])
+    return predictor, uploads, classify(predictor, uploads, top_k)
