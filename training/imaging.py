@@ -19,7 +19,10 @@ except ImportError:  # pragma: no cover - optional at import time, pinned in req
 
 # Larger images are refused before decoding: a small file can declare a huge canvas (decompression bomb).
 MAX_PIXELS = 40_000_000
-PAD_COLOUR = (255, 255, 255)  # product photos are padded with white, so we pad the same way
+PAD_COLOUR = (255, 255, 255)
+# open_image checks the declared size against its own limit before decoding, so Pillow's global guard
+# (which would fire first, with a different limit and message) is switched off in favour of ours.
+Image.MAX_IMAGE_PIXELS = None  # product photos are padded with white, so we pad the same way
 
 
 class ImageError(ValueError):
@@ -50,7 +53,7 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except ImageTooLarge:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(str(exc)) from exc
+        raise ImageTooLarge(f"image declares more pixels than allowed ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise NotAnImage("the file format was not recognised") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
