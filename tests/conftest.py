@@ -83,9 +83,12 @@ def wait_ready(url: str, deadline: float) -> None:
 
 @pytest.fixture
 def server(trained_run, tmp_path):
+    """gunicorn with the smoke model on a free loopback port; yields (url, master process, its TMPDIR)."""
     port = free_port()
+    tmpdir = tmp_path / "server-tmp"
+    tmpdir.mkdir()
     env = {**os.environ, "GUITARS_MODEL": str(trained_run), "GUITARS_BIND": f"127.0.0.1:{port}",
-           "GUITARS_WORKERS": "2", "GUITARS_SECRET_KEY": "test-secret"}
+           "GUITARS_WORKERS": "2", "GUITARS_SECRET_KEY": "test-secret", "TMPDIR": str(tmpdir)}
     gunicorn = Path(sys.executable).with_name("gunicorn")
     log = open(tmp_path / "gunicorn.log", "w")
     proc = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
@@ -93,7 +96,7 @@ def server(trained_run, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, time.monotonic() + 120)
-        yield url, proc
+        yield url, proc, tmpdir
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

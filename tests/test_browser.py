@@ -16,7 +16,7 @@ pytestmark = [
 def test_upload_results_and_model_page(server, demo_data, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    url, _ = server
+    url, _, _ = server
     shots = SHOTS if os.environ.get("GUITARS_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     photo = next((demo_data / "les_paul").glob("*.jpg"))

@@ -13,7 +13,7 @@ def worker_pids(master: int) -> list[int]:
 
 
 def test_gunicorn_serves_predictions_and_survives_a_killed_worker(server, demo_data):
-    url, proc = server
+    url, proc, _ = server
     images = sorted(demo_data.rglob("*.jpg"))[:6]
     for path in images:
         response = requests.post(url + "/api/v1/predict", files={"file": (path.name, path.read_bytes())}, timeout=30)
