@@ -78,8 +78,9 @@ class EpochTable(Callback):
 
     order = 60  # after the Recorder has logged the epoch
 
-    def __init__(self):
+    def __init__(self, echo: Callable[[str], None] | None = None):
         self.rows = []
+        self.echo = echo  # set when fastai's own progress table is switched off
 
     def before_epoch(self):
         self.started = time.perf_counter()
@@ -90,6 +91,9 @@ class EpochTable(Callback):
         row = {"epoch": len(self.rows) + 1, **dict(zip(names, values))}
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.rows.append(row)
+        if self.echo:
+            self.echo("  epoch {epoch}: train_loss {train_loss:.4f} valid_loss {valid_loss:.4f} "
+                      "accuracy {accuracy:.4f} ({seconds:.0f}s)".format(**row))
 
 
 def package_versions() -> dict[str, str]:
@@ -230,7 +234,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
             echo(f"  lr_find suggests {record['lr_found']:.2e}")
         echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
              f"{'frozen' if stage.frozen else 'unfrozen'}, {stage.epochs} epochs, lr {stage.lr}")
-        table = EpochTable()
+        table = EpochTable(None if options.progress else echo)
         learn.fit_one_cycle(stage.epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
         record["epochs"] = table.rows
         _save_checkpoint(learn.model, out / "checkpoints" / f"stage-{index + 1}.pth")

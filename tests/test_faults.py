@@ -1,0 +1,83 @@
+"""Killed training runs resume; a killed export never damages the previous model; bad model files never load."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from training.fsutil import atomic_path
+from webapp import create_app
+
+
+def test_run_killed_between_stages_resumes_to_the_same_files(demo_data, trained_run, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", "smoke",
+               "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    state = out / "state.json"
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text())["completed"]:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(json.loads(state.read_text())["completed"]) == 1
+    assert not (out / "export.pkl").exists()
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "done earlier, skipped" in resumed.stdout
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert files == sorted(p.name for p in trained_run.iterdir() if not p.name.startswith("."))
+    report = json.loads((out / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["frozen-64", "unfrozen-64"]
+
+
+def test_failed_write_leaves_the_previous_file(tmp_path):
+    target = tmp_path / "export.pkl"
+    target.write_bytes(b"previous model")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a new mod")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["export.pkl"]
+
+
+def test_process_killed_during_export_leaves_the_previous_file(tmp_path):
+    target = tmp_path / "export.pkl"
+    target.write_bytes(b"previous model")
+    writer = (
+        "import sys, time\n"
+        "from training.fsutil import atomic_path\n"
+        f"with atomic_path({str(target)!r}) as tmp:\n"
+        "    with open(tmp, 'wb') as fh:\n"
+        "        fh.write(b'partial'); fh.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == b"previous model"
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("truncated", "not a loadable fastai learner"),
+    ("foreign", "not a loadable fastai learner"),
+])
+def test_bad_model_files_leave_the_app_not_ready(trained_run, tmp_path, content, reason):
+    pkl = tmp_path / "export.pkl"
+    if content == "truncated":
+        data = (trained_run / "export.pkl").read_bytes()
+        pkl.write_bytes(data[: len(data) // 2])
+    else:
+        torch.save({"weights": torch.zeros(3)}, pkl)
+    client = create_app({"TESTING": True, "MODEL_PATH": str(pkl)}).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and reason in ready.json["reason"]
+    assert client.get("/healthz").status_code == 200
