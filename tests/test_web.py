@@ -170,3 +170,14 @@ def test_model_file_change_is_picked_up_whole(trained_run, tmp_path, demo_data):
     predictor = holder.get()
     assert predictor is not None and predictor.classes == sorted(SMOKE_CLASSES)
     assert predictor.predict([open_image(next(demo_data.rglob("*.jpg")))])[0].labels
+
+
+def test_rate_limit_is_off_by_default_and_429_when_set(trained_run, demo_data):
+    image = next(demo_data.rglob("*.jpg")).read_bytes()
+    default = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
+    assert all(post_predict(default, [upload(image)]).status_code == 200 for _ in range(5))
+    limited = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "RATE_LIMIT_PER_MINUTE": 3}).test_client()
+    statuses = [post_predict(limited, [upload(image)]).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    body = post_predict(limited, [upload(image)]).json
+    assert body["error"]["code"] == "too_many_requests"

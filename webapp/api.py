@@ -5,6 +5,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, send_file
 
+from .security import api_rate_limit, limiter, rate_limit_off
 from .service import classify_request, current_predictor
 
 bp = Blueprint("api", __name__)
@@ -24,6 +25,7 @@ def model_summary(predictor) -> dict:
 
 
 @bp.post("/api/v1/predict")
+@limiter.limit(api_rate_limit, exempt_when=rate_limit_off)
 def predict():
     predictor, _, results = classify_request()
     return jsonify({"model": predictor.describe(), "results": results})

@@ -1,10 +1,23 @@
 """CSRF protection for the HTML form and security headers on every response."""
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, current_app
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
 
 csrf = CSRFProtect()
+# Counts live in each worker's memory: with N workers a client may get up to N times the limit.
+limiter = Limiter(get_remote_address, storage_uri="memory://", default_limits=[])
+
+
+def api_rate_limit() -> str:
+    """`GUITARS_RATE_LIMIT` requests per minute per client address; 0 (the default) switches it off."""
+    return f"{current_app.config['RATE_LIMIT_PER_MINUTE']}/minute"
+
+
+def rate_limit_off() -> bool:
+    return not current_app.config.get("RATE_LIMIT_PER_MINUTE")
 
 # Only our own assets; inline images are the uploads and heat maps we render as data: URIs.
 CONTENT_SECURITY_POLICY = (
@@ -20,6 +33,7 @@ def init_app(app: Flask) -> None:
     from . import api
 
     csrf.exempt(api.bp)
+    limiter.init_app(app)
 
     @app.after_request
     def headers(response):
