@@ -15,7 +15,7 @@ from training.inference import Predictor
 
 
 def test_run_writes_every_output(trained_run):
-    for name in ["export.pkl", "report.json", "confusion_matrix.png", "split.json", "state.json"]:
+    for name in ["export.pkl", "report.json", "confusion_matrix.png", "top_losses.png", "split.json", "state.json"]:
         assert (trained_run / name).is_file(), name
     assert not list(trained_run.glob("*.tmp"))
 
@@ -35,6 +35,9 @@ def test_report_has_the_blogs_table_and_validation_metrics(trained_run):
     assert report["weights"].startswith("ImageNet")
     assert report["split_seed"] == 7 and len(report["dataset"]["fingerprint"]) == 16
     assert report["packages"]["fastai"] == "2.8.12"
+    cal = report["calibration"]
+    assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1
+    assert report["unsure_below"] == cal["unsure_below"] and 0 < cal["unsure_below"] <= 1
 
 
 def test_export_loads_in_a_process_that_imports_only_the_inference_module(trained_run, demo_data):

@@ -101,7 +101,8 @@ class Predictor:
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities in `self.classes` order, shape (N, C)."""
         batch = to_batch(images, self.size, self.mean, self.std)
-        return torch.softmax(self._logits(batch) / self.temperature, dim=1).numpy()
+        # The temperature is already baked into the model's last layer at export.
+        return torch.softmax(self._logits(batch), dim=1).numpy()
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""

@@ -16,8 +16,11 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import minimum, steep, valley  # noqa: F401  (patches Learner.lr_find)
+from fastai.interpret import ClassificationInterpretation
+from fastai.torch_core import noop
 
 from .backbones import get_backbone
+from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
 from .dataset import DatasetScan, check_trainable, scan_dataset, split_items
 from .fsutil import atomic_path, sha256_file, write_json
 from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss
@@ -262,8 +265,11 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
     """Score the validation set, export the learner atomically, and write the report and plots."""
     last = recipe.stages[-1]
     spec = get_backbone(last.backbone)
-    probs, targets = learn.get_preds(dl=learn.dls.valid)
-    metrics = classification_metrics(probs.numpy(), targets.numpy(), scan.classes)
+    logits, targets, losses = learn.get_preds(dl=learn.dls.valid, act=noop, with_loss=True)
+    calibration = _calibrate(learn, logits, targets)
+    probs = torch.softmax(logits / calibration["temperature"], dim=1).numpy()
+    metrics = classification_metrics(probs, targets.numpy(), scan.classes)
+    _plot_top_losses(learn, losses, out / "top_losses.png")
     trained = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     learn.meta = {
@@ -274,6 +280,7 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
         "std": list(spec.std),
         "recipe": recipe.name,
         "trained_at": trained,
+        "temperature": calibration["temperature"],
     }
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
     with atomic_path(out / "export.pkl") as tmp:
@@ -295,6 +302,8 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
                     "unreadable": len(scan.unreadable), "counts": scan.counts()},
         "stages": state["completed"],
         "validation": metrics,
+        "calibration": calibration,
+        "unsure_below": calibration["unsure_below"],
         "training_seconds": round(seconds, 1),
         "precision": precision,
         "device": str(learn.dls.device),
@@ -309,6 +318,32 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
     return report
 
 
+def _calibrate(learn, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Fit a temperature on the validation logits, bake it into the model, and derive the not-sure threshold."""
+    temperature = fit_temperature(logits, targets)
+    before = torch.softmax(logits, dim=1).numpy()
+    after = torch.softmax(logits / temperature, dim=1).numpy()
+    bake_temperature(learn.model, temperature)
+    return {
+        "temperature": round(temperature, 4),
+        "ece_before": round(expected_calibration_error(before, targets.numpy()), 4),
+        "ece_after": round(expected_calibration_error(after, targets.numpy()), 4),
+        # Fitted and measured on the validation split itself: one parameter, so the optimism is small.
+        "unsure_below": round(unsure_threshold(after, targets.numpy()), 4),
+    }
+
+
+def _plot_top_losses(learn, losses: torch.Tensor, path: Path, k: int = 12) -> None:
+    """fastai's grid of the validation photos with the highest loss, so a person can spot wrong labels."""
+    import matplotlib.pyplot as plt
+
+    interp = ClassificationInterpretation(learn, learn.dls.valid, losses)
+    interp.plot_top_losses(min(k, len(losses)), nrows=3, figsize=(12, 10))
+    with atomic_path(path) as tmp:
+        plt.gcf().savefig(tmp, format="png", dpi=80)
+    plt.close("all")
+
+
 def summary_text(report: dict) -> str:
     """A one-screen summary of a finished run."""
     lines = [f"Recipe {report['recipe']['name']}: {report['backbone']} @{report['size']}px, "
@@ -320,6 +355,9 @@ def summary_text(report: dict) -> str:
                          f"{row['valid_loss']:>12.4f}{row['accuracy']:>10.4f}{row['seconds']:>9.1f}")
     val = report["validation"]
     lines.append(f"Validation: accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} on {val['n']} images")
+    cal = report["calibration"]
+    lines.append(f"Calibration: temperature {cal['temperature']:.2f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; "
+                 f"'not sure' below {cal['unsure_below']:.2f}")
     if val["most_confused"]:
         pairs = ", ".join(f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in val["most_confused"][:5])
         lines.append(f"Most confused: {pairs}")
