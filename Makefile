@@ -7,7 +7,7 @@ DEMO_DATA := demo_data
 DEMO_RUN := runs/demo
 export FLASK_APP := wsgi
 
-.PHONY: venv run serve demo test test-fast lint browser clean
+.PHONY: venv run serve demo test test-fast lint browser bench bench-serve bench-train clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,16 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not browser"
+
+## Benchmarks (not tests): each prints its figures and ratios; `bench` also writes bench/RESULTS.md.
+bench: $(STAMP) $(DEMO_RUN)/export.pkl
+	$(PY) -m bench.report
+
+bench-serve: $(STAMP) $(DEMO_RUN)/export.pkl
+	$(PY) -m bench.serve
+
+bench-train: $(STAMP)
+	$(PY) -m bench.train
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

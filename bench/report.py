@@ -1,0 +1,79 @@
+"""Run both benchmarks and write bench/RESULTS.md with the machine, the date and the figures."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def run(module: str, out: Path, *extra: str) -> dict:
+    subprocess.run([sys.executable, "-m", module, "--json", str(out), *extra], cwd=ROOT, check=True)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        serve = run("bench.serve", Path(tmp) / "serve.json", *sys.argv[1:2])
+        train = run("bench.train", Path(tmp) / "train.json")
+    import os
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores; {dt.date.today().isoformat()}; "
+        f"Python {platform.python_version()}. Produced by `make bench` (bench/report.py).",
+        "",
+        "## Serving: `POST /api/v1/predict`, one image per request",
+        "",
+        f"Model `{serve['model']}`, {serve['distinct_images']} distinct images from `{serve['images']}`, "
+        f"{serve['workers']} gunicorn workers each. Baseline: Flask + `learn.predict(PILImage.create(bytes))` "
+        "with default sync workers.",
+        "",
+        "| app | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, app in serve["apps"].items():
+        for level in app["levels"]:
+            lines.append(f"| {name} | {level['concurrency']} | {level['images_per_s']:.1f} | {level['p50_ms']:.0f} | "
+                         f"{level['p95_ms']:.0f} | {level['p99_ms']:.0f} | {level['errors']} |")
+    ratios = ", ".join(f"{c}: {r:.2f}x" for c, r in serve["throughput_ratio"].items())
+    lines += [
+        "",
+        f"- Throughput ours/baseline by concurrency: {ratios} (goal: >= 4x at 16).",
+        f"- Bare forward pass, batch 1, one worker's torch threads: {serve['bare_forward_ms']:.1f} ms; our p50 at "
+        f"concurrency 1 is {serve['p50_c1_over_bare']:.2f}x that (goal: <= 1.3x).",
+        f"- Top-1 identical to the baseline on every image: {serve['top1_identical']}.",
+        "",
+        "## Training: one frozen and one unfrozen epoch of the `cpu` recipe's first size",
+        "",
+        f"{train['backbone']} at {train['size']} px on `{train['data']}` ({train['per_class']} photos per class, "
+        f"{train['ours']['train_images']} for training, {train['ours']['valid_images']} for validation, "
+        "duplicate-aware split). Baseline: fastai's default pipeline (`Resize` item transform, `aug_transforms()`, fp32).",
+        "",
+        "| pipeline | stage | training images/s | validation accuracy |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in ("ours", "baseline"):
+        for row in train[name]["stages"]:
+            lines.append(f"| {name}{' (bf16)' if train[name]['bf16'] else ' (fp32)'} | {row['stage']} | "
+                         f"{row['images_per_s']:.1f} | {row['accuracy']:.4f} |")
+    lines += ["", "Speed-up ours/baseline: " + ", ".join(f"{s:.2f}x" for s in train["speedup"]) + " (goal: >= 2x).", ""]
+    (ROOT / "bench" / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

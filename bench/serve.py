@@ -1,0 +1,163 @@
+"""Serving benchmark: our gunicorn app vs the Flask + learn.predict baseline, same model, images and machine.
+
+Usage: .venv/bin/python -m bench.serve [--model runs/demo] [--images DIR] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "guitars"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pick_images(folder: Path, count: int) -> list[Path]:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    per_class = [sorted(c.glob("*.jpg")) for c in classes]
+    images, k = [], 0
+    while len(images) < count and any(k < len(files) for files in per_class):
+        images += [files[k] for files in per_class if k < len(files)]
+        k += 1
+    return images[:count]
+
+
+class Server:
+    """A gunicorn process on a free loopback port."""
+
+    def __init__(self, app: str, args_for_port, model: str, workers: int):
+        self.port = free_port()
+        args = args_for_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "GUITARS_MODEL": model, "GUITARS_BIND": f"127.0.0.1:{self.port}",
+               "GUITARS_WORKERS": str(workers), "GUITARS_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.proc = subprocess.Popen([str(gunicorn), *args, app], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(self, probe: Path, deadline: float = 180) -> None:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                if post(self.url, probe)[0] == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.5)
+        raise RuntimeError(f"server at {self.url} did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def post(url: str, path: Path) -> tuple[int, float, str]:
+    started = time.perf_counter()
+    response = requests.post(url + "/api/v1/predict", files={"file": (path.name, path.read_bytes())}, timeout=300)
+    elapsed = time.perf_counter() - started
+    label = response.json()["results"][0]["predictions"][0]["label"] if response.status_code == 200 else ""
+    return response.status_code, elapsed, label
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def load_test(url: str, images: list[Path], concurrency: int, total: int) -> dict:
+    jobs = [images[k % len(images)] for k in range(total)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(lambda p: post(url, p), jobs))
+    wall = time.perf_counter() - started
+    latencies = [o[1] for o in outcomes]
+    return {"concurrency": concurrency, "requests": total, "errors": sum(o[0] != 200 for o in outcomes),
+            "images_per_s": total / wall, "p50_ms": 1000 * statistics.median(latencies),
+            "p95_ms": 1000 * percentile(latencies, 95), "p99_ms": 1000 * percentile(latencies, 99)}
+
+
+def bare_forward_ms(model: str, images: list[Path], threads: int) -> float:
+    """The floor: preprocessing excluded, one image per forward pass, same torch threads as one worker."""
+    from training.imaging import open_image, to_batch
+    from training.inference import Predictor
+
+    torch.set_num_threads(threads)
+    predictor = Predictor.load(model)
+    batches = [to_batch([open_image(p)], predictor.size, predictor.mean, predictor.std) for p in images[:16]]
+    with torch.inference_mode():
+        for batch in batches[:3]:
+            predictor.model(batch)
+        timings = []
+        for batch in batches * 2:
+            started = time.perf_counter()
+            predictor.model(batch)
+            timings.append(time.perf_counter() - started)
+    return 1000 * statistics.median(timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="runs/demo")
+    parser.add_argument("--images", type=Path, default=REAL if REAL.is_dir() else ROOT / "demo_data")
+    parser.add_argument("--count", type=int, default=48, help="distinct images")
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    images = pick_images(args.images, args.count)
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    apps = {
+        "ours": ("wsgi:app", lambda port: ["-c", "gunicorn.conf.py"]),
+        # What the popular templates do: default sync workers, learn.predict per request.
+        "baseline": ("bench.baseline_app:app",
+                     lambda port: ["-w", str(args.workers), "-b", f"127.0.0.1:{port}", "--timeout", "300"]),
+    }
+    results = {"model": args.model, "images": str(args.images), "distinct_images": len(images),
+               "workers": args.workers, "machine": f"{os.cpu_count()} cores", "apps": {}}
+    for name, (app, args_for_port) in apps.items():
+        server = Server(app, args_for_port, args.model, args.workers)
+        try:
+            server.wait(images[0])
+            for path in images[:4]:  # warm up every worker
+                post(server.url, path)
+            labels = [post(server.url, p)[2] for p in images]
+            levels = [load_test(server.url, images, c, max(48, 6 * c)) for c in map(int, args.levels.split(","))]
+        finally:
+            server.stop()
+        results["apps"][name] = {"top1": labels, "levels": levels}
+        print(f"{name}: " + "; ".join(
+            f"c={lv['concurrency']}: {lv['images_per_s']:.1f} img/s p50 {lv['p50_ms']:.0f} ms "
+            f"p95 {lv['p95_ms']:.0f} ms p99 {lv['p99_ms']:.0f} ms errors {lv['errors']}" for lv in levels), flush=True)
+
+    results["bare_forward_ms"] = bare_forward_ms(args.model, images, threads)
+    ours, base = results["apps"]["ours"], results["apps"]["baseline"]
+    results["top1_identical"] = ours["top1"] == base["top1"]
+    results["throughput_ratio"] = {lv["concurrency"]: lv["images_per_s"] / bl["images_per_s"]
+                                   for lv, bl in zip(ours["levels"], base["levels"])}
+    results["p50_c1_over_bare"] = ours["levels"][0]["p50_ms"] / results["bare_forward_ms"]
+    print(f"bare forward, batch 1, {threads} torch thread(s): {results['bare_forward_ms']:.1f} ms")
+    print("throughput ours/baseline: " + ", ".join(f"c={c}: {r:.2f}x" for c, r in results["throughput_ratio"].items()))
+    print(f"p50 at c=1 / bare forward: {results['p50_c1_over_bare']:.2f}x; top-1 identical on every image: "
+          f"{results['top1_identical']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

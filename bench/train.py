@@ -1,0 +1,116 @@
+"""Training benchmark: our `cpu`-recipe pipeline vs fastai's default pipeline, same backbone, size, split and epochs.
+
+Usage: .venv/bin/python -m bench.train [--data ../shared/data/guitars] [--per-class 60] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.callback.core import Callback
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.transforms import IndexSplitter, Normalize, parent_label
+from fastai.torch_core import noop
+from fastai.vision.augment import Resize, aug_transforms
+from fastai.vision.data import ImageBlock
+
+from training.backbones import get_backbone
+from training.dataset import scan_dataset, split_items
+from training.learner import CPUAutocast, build_learner, make_dataloaders
+from training.recipes import load_recipe
+from training.runner import cpu_has_fast_bf16
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "guitars"
+
+
+class TrainTimer(Callback):
+    """Seconds spent in the training phase of each epoch (validation excluded)."""
+
+    def __init__(self):
+        self.seconds = []
+
+    def before_train(self):
+        self.started = time.perf_counter()
+
+    def after_train(self):
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def subset_frame(data: Path, per_class: int, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """The first `per_class` photos of each class, split duplicate-aware as training does."""
+    scan = scan_dataset(data)
+    counts: dict[str, int] = {}
+    items = []
+    for item in scan.items:
+        if counts.get(item.label, 0) < per_class:
+            counts[item.label] = counts.get(item.label, 0) + 1
+            items.append(item)
+    is_valid = split_items(items, 0.2, seed)
+    frame = pd.DataFrame({"path": [str(scan.root / i.relpath) for i in items], "is_valid": is_valid})
+    return frame, scan.classes
+
+
+def fastai_default_dls(frame: pd.DataFrame, classes, backbone: str, size: int, bs: int):
+    """What `ImageDataLoaders.from_folder(..., item_tfms=Resize(size), batch_tfms=aug_transforms())` builds."""
+    spec = get_backbone(backbone)
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)), get_y=parent_label,
+                      splitter=IndexSplitter(frame.index[frame.is_valid].to_numpy()),
+                      item_tfms=Resize(size), batch_tfms=[*aug_transforms(), Normalize.from_stats(spec.mean, spec.std)])
+    return block.dataloaders([Path(p) for p in frame.path], bs=bs, num_workers=0)
+
+
+def run(name: str, dls, backbone: str, stages, bf16: bool) -> dict:
+    """One epoch per stage from the same ImageNet start; training images/s and validation accuracy."""
+    torch.manual_seed(0)
+    learn = build_learner(dls, backbone, pretrained=True)
+    learn.logger = noop  # no per-epoch lists on stdout; we print one summary line
+    timer = TrainTimer()
+    cbs = [timer, *([CPUAutocast()] if bf16 else [])]
+    n_train = len(dls.train_ds)
+    rows = []
+    for stage in stages:
+        if stage.frozen:
+            learn.freeze()
+        else:
+            learn.unfreeze()
+        with learn.no_bar():
+            learn.fit_one_cycle(1, stage.lr_for_fit(), cbs=cbs)
+        rows.append({"stage": stage.name, "images_per_s": n_train / timer.seconds[-1],
+                     "accuracy": float(learn.recorder.values[-1][-1])})
+    print(f"{name}: " + "; ".join(f"{r['stage']} {r['images_per_s']:.1f} img/s, valid accuracy {r['accuracy']:.4f}"
+                                  for r in rows), flush=True)
+    return {"stages": rows, "train_images": n_train, "valid_images": len(dls.valid_ds), "bf16": bf16}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=REAL if REAL.is_dir() else ROOT / "demo_data")
+    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    recipe = load_recipe("cpu")
+    stages = [s for s in recipe.stages if s.size == recipe.stages[0].size][:2]  # one frozen, one unfrozen epoch
+    backbone, size, bs = stages[0].backbone, stages[0].size, stages[0].bs
+    frame, classes = subset_frame(args.data, args.per_class, recipe.seed)
+    bf16 = cpu_has_fast_bf16()
+    results = {"data": str(args.data), "per_class": args.per_class, "backbone": backbone, "size": size,
+               "threads": torch.get_num_threads()}
+    results["ours"] = run("ours (cpu recipe pipeline)", make_dataloaders(frame, classes, backbone, size, bs),
+                          backbone, stages, bf16)
+    results["baseline"] = run("fastai default (fp32)", fastai_default_dls(frame, classes, backbone, size, bs),
+                              backbone, stages, bf16=False)
+    results["speedup"] = [o["images_per_s"] / b["images_per_s"]
+                          for o, b in zip(results["ours"]["stages"], results["baseline"]["stages"])]
+    print("speed-up ours/baseline: " + ", ".join(f"{s:.2f}x" for s in results["speedup"]))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
