@@ -53,8 +53,9 @@ def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrain
 
     options = TrainOptions(device=device, precision=precision, pretrained=pretrained, resume=resume,
                            progress=progress)
-    train_recipe(data_dir, load_recipe(recipe), out_dir, options, echo=click.echo)
-    click.echo(f"Exported {out_dir / 'export.pkl'}")
+    report = train_recipe(data_dir, load_recipe(recipe), out_dir, options, echo=click.echo)
+    if report:  # empty on the non-zero ranks of a distributed run, which write and print nothing
+        click.echo(f"Exported {out_dir / 'export.pkl'}")
 
 
 @click.command("evaluate")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -17,11 +18,12 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import minimum, steep, valley  # noqa: F401  (patches Learner.lr_find)
 from fastai.interpret import ClassificationInterpretation
-from fastai.torch_core import noop
+from fastai.torch_core import noop, num_distrib, rank_distrib
 
 from .backbones import get_backbone
 from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
 from .dataset import DatasetScan, check_trainable, scan_dataset, split_items
+from .distributed import data_parallel, this_process_only
 from .fsutil import atomic_path, sha256_file, write_json
 from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss
 from .metrics import classification_metrics, plot_confusion_matrix
@@ -49,9 +51,11 @@ class TrainOptions:
 def pick_device(name: str) -> torch.device:
     """`auto` means CUDA when present, else CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda was asked for, but no CUDA device is available")
+    if name == "cuda" and num_distrib() > 1:  # one device per process under `accelerate launch`
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank_distrib())))
     if name not in ("cpu", "cuda"):
         raise RunError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
@@ -111,7 +115,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _split_frame(scan: DatasetScan, recipe: Recipe, out: Path, resume: bool) -> pd.DataFrame:
+def _split_frame(scan: DatasetScan, recipe: Recipe, out: Path, resume: bool, write: bool = True) -> pd.DataFrame:
     """The run's train/valid split: made once, saved with the run and reused by every stage and on resume."""
     split_path = out / SPLIT_FILE
     if resume and split_path.exists():
@@ -123,7 +127,8 @@ def _split_frame(scan: DatasetScan, recipe: Recipe, out: Path, resume: bool) -> 
     else:
         is_valid = split_items(scan.items, recipe.valid_pct, recipe.seed)
         rows = [{"path": i.relpath, "label": i.label, "is_valid": v} for i, v in zip(scan.items, is_valid)]
-        write_json(split_path, {"seed": recipe.seed, "valid_pct": recipe.valid_pct, "items": rows})
+        if write:  # every rank computes the same split from the seed; one of them saves it
+            write_json(split_path, {"seed": recipe.seed, "valid_pct": recipe.valid_pct, "items": rows})
     frame = pd.DataFrame(rows)
     frame["path"] = [str(scan.root / p) for p in frame["path"]]
     return frame
@@ -179,6 +184,10 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
     options = options or TrainOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Under `accelerate launch` every rank trains; only rank 0 prints and writes files.
+    is_main, distributed = rank_distrib() == 0, num_distrib() > 1
+    if not is_main:
+        echo = noop
     device = pick_device(options.device)
     precision = pick_precision(options.precision, device)
 
@@ -191,9 +200,10 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
     if options.pretrained:  # fail before any work if a backbone's weights are missing
         for name in dict.fromkeys(s.backbone for s in recipe.stages):
             get_backbone(name).body(pretrained=True)
-    frame = _split_frame(scan, recipe, out, options.resume)
+    frame = _split_frame(scan, recipe, out, options.resume, write=is_main)
     echo(f"{len(scan.items)} images, {len(scan.classes)} classes, "
-         f"{int(frame.is_valid.sum())} for validation; device {device.type}, precision {precision}")
+         f"{int(frame.is_valid.sum())} for validation; device {device.type}, precision {precision}"
+         + (f", {num_distrib()} processes" if distributed else ""))
 
     learn, backbone = None, None
     completed = state["completed"]
@@ -220,6 +230,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
         learn.path = out
         if not options.progress:
             learn.remove_cbs(ProgressCallback)
+            learn.logger = noop  # EpochTable echoes a readable line per epoch instead of fastai's raw lists
         cbs = []
         if precision == "bf16" and device.type == "cpu":
             cbs.append(CPUAutocast())
@@ -238,16 +249,21 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
         echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
              f"{'frozen' if stage.frozen else 'unfrozen'}, {stage.epochs} epochs, lr {stage.lr}")
         table = EpochTable(None if options.progress else echo)
-        learn.fit_one_cycle(stage.epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
+        with data_parallel(learn, device):
+            learn.fit_one_cycle(stage.epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
         record["epochs"] = table.rows
-        _save_checkpoint(learn.model, out / "checkpoints" / f"stage-{index + 1}.pth")
         completed.append(record)
-        write_json(out / STATE_FILE, state)
+        if is_main:
+            _save_checkpoint(learn.model, out / "checkpoints" / f"stage-{index + 1}.pth")
+            write_json(out / STATE_FILE, state)
+
+    if not is_main:
+        return {}
 
     if learn is None:  # every stage was done before a crash during export: rebuild the final model
         learn = _rebuild_final(recipe, scan, frame, out, device)
-    report = _finish(learn, recipe, scan, state, out, options, precision, echo)
-    return report
+    with this_process_only():
+        return _finish(learn, recipe, scan, state, out, options, precision, echo)
 
 
 def _rebuild_final(recipe: Recipe, scan: DatasetScan, frame: pd.DataFrame, out: Path, device):

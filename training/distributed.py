@@ -1,0 +1,57 @@
+"""Data-parallel training under `accelerate launch`, on CUDA (NCCL) or on CPU (gloo), with fastai's own trainer."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib
+
+
+class GlooSafeDistributedDL(DistributedDL):
+    """fastai broadcasts shuffled indices through CUDA tensors (for NCCL); gloo on CPU needs CPU tensors."""
+
+    def _broadcast(self, t, rank):
+        if torch.distributed.get_backend() == "nccl":
+            return super()._broadcast(t, rank)
+        tensor = torch.tensor(t, dtype=torch.long)
+        torch.distributed.broadcast(tensor, rank)
+        return tensor.tolist()
+
+
+class AcceleratedTrainer(DistributedTrainer):
+    """fastai's DistributedTrainer, wrapping DataLoaders in the gloo-safe loader."""
+
+    def _wrap_dl(self, dl):
+        if isinstance(dl, DistributedDL):
+            return dl
+        return GlooSafeDistributedDL(dl, device=next(self.learn.model.parameters()).device)
+
+
+@contextlib.contextmanager
+def data_parallel(learn, device: torch.device):
+    """Inside `accelerate launch` with several processes, fit data-parallel; otherwise do nothing."""
+    if num_distrib() <= 1:
+        yield learn
+        return
+    # SyncBatchNorm is CUDA-only; on CPU each process keeps its own batch statistics.
+    trainer = AcceleratedTrainer(sync_bn=device.type == "cuda", cpu=device.type == "cpu")
+    learn.add_cb(trainer)
+    try:
+        yield learn
+    finally:
+        learn.remove_cb(trainer)
+
+
+@contextlib.contextmanager
+def this_process_only():
+    """Let rank 0 evaluate and export alone after training; fastai would otherwise all-gather with finished ranks."""
+    saved = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"  # what fastai's num_distrib() reads
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = saved
