@@ -144,3 +144,17 @@ def test_grad_cam_points_somewhere(trained_run, demo_data):
     assert cam.ndim == 2 and 0 <= cam.min() and cam.max() <= 1
     overlay = predictor.heat_map(image, "les_paul")
     assert overlay.size == (predictor.size, predictor.size)
+
+
+def test_lr_find_stage_saves_its_plot_and_uses_the_suggestion(runner, demo_data, tmp_path):
+    recipe = tmp_path / "find.toml"
+    recipe.write_text('valid_pct = 0.25\n[[stages]]\nname = "find-64"\nbackbone = "efficientnet_lite0"\n'
+                      'size = 64\nbs = 16\nfrozen = true\nepochs = 1\nlr = "find"\n')
+    out = tmp_path / "run"
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe), "--out", str(out),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "lr_find-find-64.png").read_bytes()[:4] == b"\x89PNG"
+    stage = json.loads((out / "report.json").read_text())["stages"][0]
+    assert stage["lr"] == "find" and 1e-7 < stage["lr_found"] < 10
+    assert f"lr_find suggests {stage['lr_found']:.2e}" in result.output
