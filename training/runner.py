@@ -176,7 +176,11 @@ def _lr_find(learn, out: Path, stage_name: str, cbs) -> float:
     """Run fastai's lr_find, save its plot, and return the suggested (valley) learning rate."""
     import matplotlib.pyplot as plt
 
-    suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=True, cbs=cbs)
+    learn.add_cbs(cbs)  # lr_find takes no cbs argument; run it under the same precision as the fit
+    try:
+        suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=True)
+    finally:
+        learn.remove_cbs(cbs)
     with atomic_path(out / f"lr_find-{stage_name}.png") as tmp:
         plt.gcf().savefig(tmp, format="png")
     plt.close("all")
