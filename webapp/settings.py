@@ -40,7 +40,7 @@ def load_settings(env, instance_dir: Path) -> dict:
         "MODEL_PATH": env.get("GUITARS_MODEL", "runs/demo"),
         "TOP_K": _number(env, "GUITARS_TOP_K", 3),
         "MAX_FILES": _number(env, "GUITARS_MAX_FILES", 8),
-        "MAX_CONTENT_LENGTH": _number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * 1024 * 1024,
+        "MAX_CONTENT_LENGTH": int(_number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * 1024 * 1024),
         "MAX_PIXELS": _number(env, "GUITARS_MAX_PIXELS", 40_000_000),
         "UNSURE_BELOW": _number(env, "GUITARS_UNSURE_BELOW", 0.0, float) or None,
         "RATE_LIMIT_PER_MINUTE": _number(env, "GUITARS_RATE_LIMIT", 0),
