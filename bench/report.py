@@ -34,7 +34,8 @@ def main() -> None:
         "# Benchmark results",
         "",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores; {dt.date.today().isoformat()}; "
-        f"Python {platform.python_version()}. Produced by `make bench` (bench/report.py).",
+        f"Python {platform.python_version()}. Produced by `{' '.join(['python -m bench.report', *sys.argv[1:]])}` "
+        "(`make bench` runs it on the demo model).",
         "",
         "## Serving: `POST /api/v1/predict`, one image per request",
         "",
