@@ -19,10 +19,10 @@ except ImportError:  # pragma: no cover - optional at import time, pinned in req
 
 # Larger images are refused before decoding: a small file can declare a huge canvas (decompression bomb).
 MAX_PIXELS = 40_000_000
-PAD_COLOUR = (255, 255, 255)
+PAD_COLOUR = (255, 255, 255)  # product photos are padded with white, so we pad the same way
 # open_image checks the declared size against its own limit before decoding, so Pillow's global guard
 # (which would fire first, with a different limit and message) is switched off in favour of ours.
-Image.MAX_IMAGE_PIXELS = None  # product photos are padded with white, so we pad the same way
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.core import Callback
@@ -294,8 +295,7 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
     last = recipe.stages[-1]
     spec = get_backbone(last.backbone)
     logits, targets, losses = learn.get_preds(dl=learn.dls.valid, act=noop, with_loss=True)
-    calibration = _calibrate(learn, logits, targets)
-    probs = torch.softmax(logits / calibration["temperature"], dim=1).numpy()
+    calibration, probs = _calibrate(learn, logits, targets)
     metrics = classification_metrics(probs, targets.numpy(), scan.classes)
     _plot_top_losses(learn, losses, out / "top_losses.png")
     trained = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -348,19 +348,20 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
     return report
 
 
-def _calibrate(learn, logits: torch.Tensor, targets: torch.Tensor) -> dict:
-    """Fit a temperature on the validation logits, bake it into the model, and derive the not-sure threshold."""
+def _calibrate(learn, logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """Fit a temperature on the validation logits, bake it into the model; the figures and calibrated probabilities."""
     temperature = fit_temperature(logits, targets)
     before = torch.softmax(logits, dim=1).numpy()
     after = torch.softmax(logits / temperature, dim=1).numpy()
     bake_temperature(learn.model, temperature)
-    return {
+    figures = {
         "temperature": round(temperature, 4),
         "ece_before": round(expected_calibration_error(before, targets.numpy()), 4),
         "ece_after": round(expected_calibration_error(after, targets.numpy()), 4),
         # Fitted and measured on the validation split itself: one parameter, so the optimism is small.
         "unsure_below": round(unsure_threshold(after, targets.numpy()), 4),
     }
+    return figures, after
 
 
 def _plot_top_losses(learn, losses: torch.Tensor, path: Path, k: int = 12) -> None:
