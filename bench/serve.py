@@ -91,23 +91,25 @@ def load_test(url: str, images: list[Path], concurrency: int, total: int) -> dic
             "p95_ms": 1000 * percentile(latencies, 95), "p99_ms": 1000 * percentile(latencies, 99)}
 
 
-def bare_forward_ms(model: str, images: list[Path], threads: int) -> float:
-    """The floor: preprocessing excluded, one image per forward pass, same torch threads as one worker."""
+def bare_forward_ms(model: str, images: list[Path], threads: int) -> dict[str, float]:
+    """The floor: preprocessing excluded, one image per forward pass, same threads as one worker, per runtime."""
     from training.imaging import open_image, to_batch
     from training.inference import Predictor
 
     torch.set_num_threads(threads)
-    predictor = Predictor.load(model)
-    batches = [to_batch([open_image(p)], predictor.size, predictor.mean, predictor.std) for p in images[:16]]
-    with torch.inference_mode():
+    floors = {}
+    for runtime in ("torch", "onnx"):
+        predictor = Predictor.load(model, runtime=runtime)
+        batches = [to_batch([open_image(p)], predictor.size, predictor.mean, predictor.std) for p in images[:16]]
         for batch in batches[:3]:
-            predictor.model(batch)
+            predictor._forward(batch)
         timings = []
         for batch in batches * 2:
             started = time.perf_counter()
-            predictor.model(batch)
+            predictor._forward(batch)
             timings.append(time.perf_counter() - started)
-    return 1000 * statistics.median(timings)
+        floors[predictor.runtime] = 1000 * statistics.median(timings)
+    return floors
 
 
 def main() -> None:
@@ -150,10 +152,12 @@ def main() -> None:
     results["top1_identical"] = ours["top1"] == base["top1"]
     results["throughput_ratio"] = {lv["concurrency"]: lv["images_per_s"] / bl["images_per_s"]
                                    for lv, bl in zip(ours["levels"], base["levels"])}
-    results["p50_c1_over_bare"] = ours["levels"][0]["p50_ms"] / results["bare_forward_ms"]
-    print(f"bare forward, batch 1, {threads} torch thread(s): {results['bare_forward_ms']:.1f} ms")
+    floors = results["bare_forward_ms"]
+    # Judged against the fastest floor we have (the runtime we serve with), not the slower PyTorch one.
+    results["p50_c1_over_bare"] = ours["levels"][0]["p50_ms"] / min(floors.values())
+    print(f"bare forward, batch 1, {threads} thread(s): " + ", ".join(f"{k} {v:.1f} ms" for k, v in floors.items()))
     print("throughput ours/baseline: " + ", ".join(f"c={c}: {r:.2f}x" for c, r in results["throughput_ratio"].items()))
-    print(f"p50 at c=1 / bare forward: {results['p50_c1_over_bare']:.2f}x; top-1 identical on every image: "
+    print(f"p50 at c=1 / fastest bare forward: {results['p50_c1_over_bare']:.2f}x; top-1 identical on every image: "
           f"{results['top1_identical']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

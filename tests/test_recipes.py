@@ -28,6 +28,13 @@ def test_seed_recipe_is_the_blogs_six_stages():
     assert isinstance(stages[1].lr_for_fit(), slice)
 
 
+def test_cpu_recipe_freezes_batchnorm_in_its_head_stage_and_keeps_early_blocks_frozen():
+    first, *rest = load_recipe("cpu").stages
+    assert first.frozen and not first.train_bn
+    assert all(not s.frozen and s.frozen_groups == 1 for s in rest)
+    assert [s.size for s in rest] == sorted(s.size for s in rest)  # progressive resizing
+
+
 def test_lr_find_is_accepted():
     recipe = parse_recipe("[[stages]]\n" + FIND_STAGE, "x")
     assert recipe.stages[0].lr == "find" and recipe.stages[0].lr_for_fit(0.01) == 0.01
@@ -44,6 +51,9 @@ def test_lr_find_is_accepted():
     (f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = 0')}", "epochs"),
     (f"[[stages]]\n{GOOD_STAGE.replace('frozen = true', 'frozen = 1')}", "frozen"),
     ("[[stages]]\nbackbone = 'resnet34'\n", "missing keys"),
+    (f"[[stages]]\n{GOOD_STAGE}frozen_groups = 1\n", "only applies to unfrozen"),
+    (f"[[stages]]\n{GOOD_STAGE.replace('true', 'false')}frozen_groups = 2\n", "frozen_groups"),
+    (f"[[stages]]\n{GOOD_STAGE}train_bn = 'no'\n", "train_bn"),
     (f"valid_pct = 2\n[[stages]]\n{GOOD_STAGE}", "valid_pct"),
 ])
 def test_bad_recipes_say_what_is_wrong(text, message):

@@ -158,3 +158,36 @@ def test_lr_find_stage_saves_its_plot_and_uses_the_suggestion(runner, demo_data,
     stage = json.loads((out / "report.json").read_text())["stages"][0]
     assert stage["lr"] == "find" and 1e-7 < stage["lr_found"] < 10
     assert f"lr_find suggests {stage['lr_found']:.2e}" in result.output
+
+
+def _changed(before: torch.nn.Module, state: dict, prefix: str) -> dict[str, bool]:
+    """For each parameter of `before`, whether the checkpoint `state` holds a different value."""
+    return {name: not torch.equal(p.detach(), state[f"{prefix}{name}"]) for name, p in before.named_parameters()}
+
+
+def test_frozen_stage_without_train_bn_changes_only_the_head(trained_run):
+    from training.learner import build_model
+
+    pretrained = build_model("efficientnet_lite0", len(SMOKE_CLASSES))
+    state = torch.load(trained_run / "checkpoints" / "stage-1.pth", weights_only=True)
+    assert not any(_changed(pretrained.body, state, "0.").values())  # BatchNorm weights included
+    assert any(_changed(pretrained.head, state, "1.").values())
+
+
+def test_frozen_groups_keep_the_early_blocks_as_pretrained(runner, demo_data, tmp_path):
+    from training.learner import build_model, three_groups
+
+    recipe = tmp_path / "partial.toml"
+    recipe.write_text('valid_pct = 0.25\n[[stages]]\nname = "partial-64"\nbackbone = "efficientnet_lite0"\n'
+                      'size = 64\nbs = 16\nfrozen = false\nfrozen_groups = 1\ntrain_bn = false\nepochs = 1\nlr = [1e-4, 1e-3]\n')
+    out = tmp_path / "run"
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe), "--out", str(out),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    pretrained = build_model("efficientnet_lite0", len(SMOKE_CLASSES))
+    trained = build_model("efficientnet_lite0", len(SMOKE_CLASSES), pretrained=False)
+    trained.load_state_dict(torch.load(out / "checkpoints" / "stage-1.pth", weights_only=True))
+    early, late, _ = three_groups(pretrained)
+    early_after, late_after, _ = three_groups(trained)
+    assert all(torch.equal(a, b) for a, b in zip(early, early_after))
+    assert not all(torch.equal(a, b) for a, b in zip(late, late_after))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from .fsutil import sha256_file
 from .imaging import square_pad, to_batch
+from .runtimes import make_forward
 
 
 class ModelLoadError(RuntimeError):
@@ -37,9 +38,9 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 class Predictor:
-    """An exported fastai learner ready to serve: eval mode, shared preprocessing, optional bf16."""
+    """An exported fastai learner ready to serve: eval mode, shared preprocessing, ONNX Runtime when it agrees."""
 
-    def __init__(self, learn, report: dict | None = None, path: Path | None = None):
+    def __init__(self, learn, report: dict | None = None, path: Path | None = None, runtime: str = "torch"):
         self.learn = learn
         self.model = learn.model.eval()
         self.report = report or {}
@@ -51,11 +52,12 @@ class Predictor:
         self.std = tuple(meta["std"])
         self.temperature: float = float(meta.get("temperature", 1.0))
         self.meta = meta
+        self.runtime, self._forward = make_forward(self.model, self.size, runtime)
         # fastai's Learner is not thread-safe, but a module in eval mode is; the lock only guards CAM's autograd use.
         self._cam_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> Predictor:
+    def load(cls, path: str | Path, verify: bool = True, runtime: str = "auto") -> Predictor:
         """Load `export.pkl` (or a run directory), checking its SHA-256 against the run's report when present."""
         from fastai.learner import load_learner
 
@@ -82,11 +84,7 @@ class Predictor:
             raise ModelLoadError(f"{pkl} is not a loadable fastai learner ({exc.__class__.__name__}: {exc})") from exc
         if not hasattr(learn, "model") or not hasattr(learn, "dls") or not getattr(learn, "meta", None):
             raise ModelLoadError(f"{pkl} is not a learner exported by this project")
-        return cls(learn, report, pkl)
-
-    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(batch).float()
+        return cls(learn, report, pkl, runtime)
 
     def predict(self, images: list[Image.Image]) -> list[Prediction]:
         """Predict a batch of RGB images in one forward pass."""
@@ -102,7 +100,7 @@ class Predictor:
         """Class probabilities in `self.classes` order, shape (N, C)."""
         batch = to_batch(images, self.size, self.mean, self.std)
         # The temperature is already baked into the model's last layer at export.
-        return torch.softmax(self._logits(batch), dim=1).numpy()
+        return torch.softmax(self._forward(batch), dim=1).numpy()
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""
@@ -139,5 +137,6 @@ class Predictor:
             "recipe": self.meta.get("recipe"),
             "trained_at": self.meta.get("trained_at"),
             "temperature": self.temperature,
+            "runtime": self.runtime,
             "sha256": self.report.get("model_sha256"),
         }

@@ -113,6 +113,13 @@ def build_learner(dls, backbone: str, pretrained: bool = True, label_smoothing: 
                    metrics=[error_rate, accuracy])
 
 
+def set_trainable(learn: Learner, frozen: bool, frozen_groups: int = 0, train_bn: bool = True) -> None:
+    """Freeze what a stage keeps frozen (fastai's `freeze_to`), with a fresh optimizer built for `train_bn`."""
+    learn.train_bn = train_bn  # fastai reads it when it builds the optimizer, not when it freezes
+    learn.create_opt()
+    learn.freeze_to(-1 if frozen else frozen_groups)
+
+
 def make_loss(label_smoothing: float = 0.0):
     """Cross-entropy, with label smoothing when asked for."""
     return LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else CrossEntropyLossFlat()

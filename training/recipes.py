@@ -27,6 +27,8 @@ class Stage:
     lr: float | tuple[float, float] | str
     label_smoothing: float = 0.0
     augment: bool = True
+    frozen_groups: int = 0   # unfrozen stages: parameter groups, from the input, that stay frozen
+    train_bn: bool = True    # fastai's default; False freezes BatchNorm in frozen groups too, so no backward reaches them
 
     def lr_for_fit(self, found: float | None = None):
         """The `lr_max` argument for fastai: a float, or a slice for discriminative rates."""
@@ -55,7 +57,8 @@ class Recipe:
         return data
 
 
-_STAGE_KEYS = {"name", "backbone", "size", "bs", "frozen", "epochs", "lr", "label_smoothing", "augment"}
+_STAGE_KEYS = {"name", "backbone", "size", "bs", "frozen", "epochs", "lr", "label_smoothing", "augment",
+               "frozen_groups", "train_bn"}
 _RECIPE_KEYS = {"description", "valid_pct", "seed", "stages"}
 
 
@@ -105,8 +108,13 @@ def _parse_stage(raw: dict, index: int, source: str) -> Stage:
         raise RecipeError(f"{where}: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if not isinstance(raw["frozen"], bool):
         raise RecipeError(f"{where}: frozen must be true or false, got {raw['frozen']!r}")
-    if not isinstance(raw.get("augment", True), bool):
-        raise RecipeError(f"{where}: augment must be true or false")
+    for flag in ("augment", "train_bn"):
+        if not isinstance(raw.get(flag, True), bool):
+            raise RecipeError(f"{where}: {flag} must be true or false")
+    # Two groups are body parts (early, late) and one is the head; keeping both body groups frozen is `frozen = true`.
+    frozen_groups = _number(raw.get("frozen_groups", 0), "frozen_groups", where, int, 0, 1)
+    if raw["frozen"] and frozen_groups:
+        raise RecipeError(f"{where}: frozen_groups only applies to unfrozen stages (frozen = false)")
     return Stage(
         name=str(raw.get("name", f"stage{index + 1}")),
         backbone=backbone,
@@ -117,6 +125,8 @@ def _parse_stage(raw: dict, index: int, source: str) -> Stage:
         lr=_parse_lr(raw["lr"], where),
         label_smoothing=_number(raw.get("label_smoothing", 0.0), "label_smoothing", where, float, 0.0, 0.5),
         augment=raw.get("augment", True),
+        frozen_groups=frozen_groups,
+        train_bn=raw.get("train_bn", True),
     )
 
 

@@ -26,7 +26,7 @@ from .calibration import bake_temperature, expected_calibration_error, fit_tempe
 from .dataset import DatasetScan, check_trainable, scan_dataset, split_items
 from .distributed import data_parallel, this_process_only
 from .fsutil import atomic_path, sha256_file, write_json
-from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss
+from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss, set_trainable
 from .metrics import classification_metrics, plot_confusion_matrix
 from .recipes import Recipe
 
@@ -249,13 +249,11 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
             cbs.append(CPUAutocast())
         elif precision in ("bf16", "fp16") and device.type == "cuda":
             cbs.append(MixedPrecision(amp_mode=precision))
-        if stage.frozen:
-            learn.freeze()
-        else:
-            learn.unfreeze()
+        set_trainable(learn, stage.frozen, stage.frozen_groups, stage.train_bn)
 
         record = {"stage": stage.name, "backbone": stage.backbone, "size": stage.size, "bs": stage.bs,
-                  "frozen": stage.frozen, "lr": stage.lr}
+                  "frozen": stage.frozen, "frozen_groups": stage.frozen_groups, "train_bn": stage.train_bn,
+                  "lr": stage.lr}
         if stage.lr == "find":
             record["lr_found"] = _lr_find(learn, out, stage.name, cbs)
             echo(f"  lr_find suggests {record['lr_found']:.2e}")

@@ -26,7 +26,7 @@ def init_app(app: Flask) -> None:
     from . import api, errors, pages, security
     from .model import ModelHolder
 
-    app.extensions["guitars_model"] = ModelHolder(app.config["MODEL_PATH"])
+    app.extensions["guitars_model"] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"])
     security.init_app(app)
     errors.init_app(app)
     app.register_blueprint(pages.bp)

@@ -16,9 +16,10 @@ class ModelHolder:
 
     check_every = 2.0
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, runtime: str = "auto"):
         # The path comes from configuration only; requests can never choose what is unpickled.
         self.path = resolve_model_path(path)
+        self.runtime = runtime
         self._predictor: Predictor | None = None
         self._stamp = None
         self._error: str | None = None
@@ -36,7 +37,7 @@ class ModelHolder:
     def _load(self) -> None:
         stamp = self._file_stamp()
         try:
-            predictor = Predictor.load(self.path)
+            predictor = Predictor.load(self.path, runtime=self.runtime)
         except ModelLoadError as exc:
             self._error = str(exc)
             if self._predictor is None:
@@ -45,7 +46,7 @@ class ModelHolder:
                 log.error("keeping the previous model; the new file failed to load: %s", exc)
         else:
             self._predictor, self._error = predictor, None  # one reference swap: readers see old or new
-            log.info("loaded model %s (%s)", self.path, predictor.meta.get("backbone"))
+            log.info("loaded model %s (%s, %s runtime)", self.path, predictor.meta.get("backbone"), predictor.runtime)
         self._stamp, self._attempted = stamp, True
         self._checked = time.monotonic()
 

@@ -5,6 +5,8 @@ import os
 import secrets
 from pathlib import Path
 
+from training.runtimes import RUNTIMES
+
 
 def _number(env, name: str, default, kind=int):
     raw = env.get(name)
@@ -14,6 +16,13 @@ def _number(env, name: str, default, kind=int):
         return kind(raw)
     except ValueError:
         raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+
+
+def _choice(env, name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or choices[0]
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def development_secret(instance_dir: Path) -> str:
@@ -38,6 +47,7 @@ def load_settings(env, instance_dir: Path) -> dict:
     secret = env.get("GUITARS_SECRET_KEY")
     return {
         "MODEL_PATH": env.get("GUITARS_MODEL", "runs/demo"),
+        "RUNTIME": _choice(env, "GUITARS_RUNTIME", RUNTIMES),
         "TOP_K": _number(env, "GUITARS_TOP_K", 3),
         "MAX_FILES": _number(env, "GUITARS_MAX_FILES", 8),
         "MAX_CONTENT_LENGTH": int(_number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * 1024 * 1024),
