@@ -62,18 +62,20 @@ def main() -> None:
         + f"; our p50 at concurrency 1 is {serve['p50_c1_over_bare']:.2f}x the fastest of them (goal: <= 1.3x).",
         f"- Top-1 identical to the baseline on every image: {serve['top1_identical']}.",
         "",
-        "## Training: one frozen and one unfrozen epoch of the `cpu` recipe's first size",
+        "## Training: the `cpu` recipe's frozen stage and its costliest unfrozen stage, one epoch each",
         "",
-        f"{train['backbone']} at {train['size']} px on `{train['data']}` ({train['per_class']} photos per class, "
+        f"{train['backbone']} at {' then '.join(map(str, train['sizes']))} px on `{train['data']}` "
+        f"({train['per_class']} photos per class, "
         f"{train['ours']['train_images']} for training, {train['ours']['valid_images']} for validation, "
-        "duplicate-aware split). Baseline: fastai's default pipeline (`Resize` item transform, `aug_transforms()`, fp32).",
+        "duplicate-aware split). Baseline: fastai's default pipeline (`Resize` item transform, `aug_transforms()`, fp32, "
+        "`freeze()` / `unfreeze()`); ours freezes as the recipe says (`train_bn`, `frozen_groups`) under bf16 autocast.",
         "",
-        "| pipeline | stage | training images/s | validation accuracy |",
-        "| --- | --- | --- | --- |",
+        "| pipeline | stage | size | training images/s | validation accuracy |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name in ("ours", "baseline"):
         for row in train[name]["stages"]:
-            lines.append(f"| {name}{' (bf16)' if train[name]['bf16'] else ' (fp32)'} | {row['stage']} | "
+            lines.append(f"| {name}{' (bf16)' if train[name]['bf16'] else ' (fp32)'} | {row['stage']} | {row['size']} | "
                          f"{row['images_per_s']:.1f} | {row['accuracy']:.4f} |")
     lines += ["", "Speed-up ours/baseline: " + ", ".join(f"{s:.2f}x" for s in train["speedup"]) + " (goal: >= 2x).", ""]
     text = "\n".join(lines)

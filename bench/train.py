@@ -1,4 +1,4 @@
-"""Training benchmark: our `cpu`-recipe pipeline vs fastai's default pipeline, same backbone, size, split and epochs.
+"""Training benchmark: our `cpu`-recipe pipeline vs fastai's default pipeline, same backbone, sizes, split and epochs.
 
 Usage: .venv/bin/python -m bench.train [--data ../shared/data/guitars] [--per-class 60] [--json out.json]
 """
@@ -64,30 +64,41 @@ def fastai_default_dls(frame: pd.DataFrame, classes, backbone: str, size: int, b
     return block.dataloaders([Path(p) for p in frame.path], bs=bs, num_workers=0)
 
 
-def run(name: str, dls, backbone: str, stages, bf16: bool, recipe_freezing: bool) -> dict:
+def run(name: str, make_dls, backbone: str, stages, bf16: bool, recipe_freezing: bool) -> dict:
     """One epoch per stage from the same ImageNet start; training images/s and validation accuracy.
 
-    `recipe_freezing`: freeze as the recipe says (frozen groups, `train_bn`); else fastai's freeze()/unfreeze().
+    `make_dls(size)` builds the pipeline's loaders at a stage's size. `recipe_freezing`: freeze as the recipe says
+    (frozen groups, `train_bn`); else what fastai's freeze()/unfreeze() do.
     """
     torch.manual_seed(0)
-    learn = build_learner(dls, backbone, pretrained=True)
-    learn.logger = noop  # no per-epoch lists on stdout; we print one summary line
+    learn = None
     timer = TrainTimer()
     cbs = [timer, *([CPUAutocast()] if bf16 else [])]
-    n_train = len(dls.train_ds)
     rows = []
     for stage in stages:
+        dls = make_dls(stage.size)
+        if learn is None:
+            learn = build_learner(dls, backbone, pretrained=True)
+            learn.logger = noop  # no per-epoch lists on stdout; we print one summary line
+        learn.dls = dls
         if recipe_freezing:
             set_trainable(learn, stage.frozen, stage.frozen_groups, stage.train_bn)
         else:
-            set_trainable(learn, stage.frozen)  # what learn.freeze() / learn.unfreeze() do
+            set_trainable(learn, stage.frozen)
         with learn.no_bar():
             learn.fit_one_cycle(1, stage.lr_for_fit(), cbs=cbs)
-        rows.append({"stage": stage.name, "images_per_s": n_train / timer.seconds[-1],
+        rows.append({"stage": stage.name, "size": stage.size, "images_per_s": len(dls.train_ds) / timer.seconds[-1],
                      "accuracy": float(learn.recorder.values[-1][-1])})
     print(f"{name}: " + "; ".join(f"{r['stage']} {r['images_per_s']:.1f} img/s, valid accuracy {r['accuracy']:.4f}"
                                   for r in rows), flush=True)
-    return {"stages": rows, "train_images": n_train, "valid_images": len(dls.valid_ds), "bf16": bf16}
+    return {"stages": rows, "train_images": len(dls.train_ds), "valid_images": len(dls.valid_ds), "bf16": bf16}
+
+
+def benchmark_stages(recipe):
+    """The first (frozen) stage, and the unfrozen stage where the recipe spends most of its time."""
+    unfrozen = [s for s in recipe.stages if not s.frozen]
+    costliest = max(unfrozen, key=lambda s: s.size ** 2 * s.epochs)
+    return [recipe.stages[0], costliest]
 
 
 def main() -> None:
@@ -98,15 +109,15 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = load_recipe("cpu")
-    stages = [s for s in recipe.stages if s.size == recipe.stages[0].size][:2]  # one frozen, one unfrozen epoch
-    backbone, size, bs = stages[0].backbone, stages[0].size, stages[0].bs
+    stages = benchmark_stages(recipe)
+    backbone, bs = stages[0].backbone, stages[0].bs
     frame, classes = subset_frame(args.data, args.per_class, recipe.seed)
     bf16 = cpu_has_fast_bf16()
-    results = {"data": str(args.data), "per_class": args.per_class, "backbone": backbone, "size": size,
-               "threads": torch.get_num_threads()}
-    results["ours"] = run("ours (cpu recipe pipeline)", make_dataloaders(frame, classes, backbone, size, bs),
+    results = {"data": str(args.data), "per_class": args.per_class, "backbone": backbone,
+               "sizes": [s.size for s in stages], "threads": torch.get_num_threads()}
+    results["ours"] = run("ours (cpu recipe pipeline)", lambda size: make_dataloaders(frame, classes, backbone, size, bs),
                           backbone, stages, bf16, recipe_freezing=True)
-    results["baseline"] = run("fastai default (fp32)", fastai_default_dls(frame, classes, backbone, size, bs),
+    results["baseline"] = run("fastai default (fp32)", lambda size: fastai_default_dls(frame, classes, backbone, size, bs),
                               backbone, stages, bf16=False, recipe_freezing=False)
     results["speedup"] = [o["images_per_s"] / b["images_per_s"]
                           for o, b in zip(results["ours"]["stages"], results["baseline"]["stages"])]

@@ -28,11 +28,12 @@ def test_seed_recipe_is_the_blogs_six_stages():
     assert isinstance(stages[1].lr_for_fit(), slice)
 
 
-def test_cpu_recipe_freezes_batchnorm_in_its_head_stage_and_keeps_early_blocks_frozen():
-    first, *rest = load_recipe("cpu").stages
+def test_cpu_recipe_adapts_the_whole_body_small_then_the_later_blocks_large():
+    first, whole, *larger = load_recipe("cpu").stages
     assert first.frozen and not first.train_bn
-    assert all(not s.frozen and s.frozen_groups == 1 for s in rest)
-    assert [s.size for s in rest] == sorted(s.size for s in rest)  # progressive resizing
+    assert not whole.frozen and whole.frozen_groups == 0 and whole.size == first.size
+    assert larger and all(not s.frozen and s.frozen_groups == 1 and not s.train_bn for s in larger)
+    assert [s.size for s in larger] == sorted(s.size for s in larger) and larger[0].size > whole.size
 
 
 def test_lr_find_is_accepted():

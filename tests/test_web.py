@@ -78,7 +78,7 @@ def test_api_rejects_bad_top_k(client, demo_data, top_k):
 def test_model_endpoint_and_openapi(client):
     model = client.get("/api/v1/model").json
     assert model["classes"] == sorted(SMOKE_CLASSES) and model["backbone"] == "efficientnet_lite0"
-    assert model["runtime"] == "onnx"
+    assert model["runtime"] == "openvino"
     assert len(model["validation"]["confusion_matrix"]) == 3
     spec = client.get("/api/v1/openapi.json").json
     assert "/api/v1/predict" in spec["paths"]
@@ -186,7 +186,7 @@ def test_rate_limit_is_off_by_default_and_429_when_set(trained_run, demo_data):
 
 def test_runtime_setting_is_checked_and_used(trained_run, monkeypatch):
     monkeypatch.setenv("GUITARS_RUNTIME", "tensorrt")
-    with pytest.raises(ValueError, match="GUITARS_RUNTIME must be one of auto, onnx, torch"):
+    with pytest.raises(ValueError, match="GUITARS_RUNTIME must be one of auto, openvino, onnx, torch"):
         create_app({"TESTING": True})
     monkeypatch.setenv("GUITARS_RUNTIME", "torch")
     client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
