@@ -1,4 +1,4 @@
-"""gunicorn settings for a CPU-bound model server: few workers, a few threads, torch threads split between them."""
+"""gunicorn settings for a CPU-bound model server: few workers, a few threads, the cores split between workers."""
 import multiprocessing
 import os
 
@@ -19,7 +19,7 @@ preload_app = False
 
 
 def post_fork(server, worker):
-    """Give each worker its share of the cores so workers don't fight over them."""
+    """Give each worker its share of the cores (OpenVINO and ONNX Runtime read torch's count) so workers don't fight."""
     import torch
 
     torch.set_num_threads(max(1, multiprocessing.cpu_count() // workers))

@@ -98,7 +98,7 @@ def bare_forward_ms(model: str, images: list[Path], threads: int) -> dict[str, f
 
     torch.set_num_threads(threads)
     floors = {}
-    for runtime in ("torch", "onnx"):
+    for runtime in ("torch", "onnx", "openvino"):
         predictor = Predictor.load(model, runtime=runtime)
         batches = [to_batch([open_image(p)], predictor.size, predictor.mean, predictor.std) for p in images[:16]]
         for batch in batches[:3]:
@@ -139,6 +139,8 @@ def main() -> None:
             for path in images[:4]:  # warm up every worker
                 post(server.url, path)
             labels = [post(server.url, p)[2] for p in images]
+            if name == "ours":
+                results["served_runtime"] = requests.get(server.url + "/api/v1/model", timeout=30).json()["runtime"]
             levels = [load_test(server.url, images, c, max(48, 6 * c)) for c in map(int, args.levels.split(","))]
         finally:
             server.stop()

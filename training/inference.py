@@ -38,7 +38,7 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 class Predictor:
-    """An exported fastai learner ready to serve: eval mode, shared preprocessing, ONNX Runtime when it agrees."""
+    """An exported fastai learner ready to serve: eval mode, shared preprocessing, the fastest runtime that agrees."""
 
     def __init__(self, learn, report: dict | None = None, path: Path | None = None, runtime: str = "torch"):
         self.learn = learn

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "openvino", "onnx", "torch")
 # Fastest first, as measured on this project's CPU (bench/RESULTS.md); `auto` takes the first that works and agrees.
 FAST_RUNTIMES = ("openvino", "onnx")
-# Softmax outputs of the two runtimes on the same input may differ by float rounding only.
+# A fast runtime's softmax may differ from PyTorch's on the same input by float rounding only.
 MAX_PROBABILITY_DIFFERENCE = 1e-3
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
