@@ -62,3 +62,16 @@ def test_unexportable_model_falls_back_to_torch_or_fails_when_a_runtime_is_requi
             make_forward(NotExportable(), 8, runtime=runtime)
     with pytest.raises(ValueError, match="unknown runtime"):
         make_forward(NotExportable(), 8, runtime="tensorrt")
+
+
+def test_a_required_runtime_that_cannot_run_is_a_load_error(trained_run, monkeypatch):
+    from training import runtimes
+    from training.inference import ModelLoadError
+
+    def broken(graph, threads):
+        raise RuntimeError("no CPU plugin")
+
+    monkeypatch.setitem(runtimes.BUILDERS, "openvino", broken)
+    with pytest.raises(ModelLoadError, match="openvino runtime: openvino cannot run this model: no CPU plugin"):
+        Predictor.load(trained_run, runtime="openvino")
+    assert Predictor.load(trained_run).runtime == "onnx"  # auto moves on to the next runtime

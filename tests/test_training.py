@@ -55,11 +55,13 @@ def test_export_loads_in_a_process_that_imports_only_the_inference_module(traine
 
 
 def test_fast_path_equals_learn_predict(trained_run, demo_data):
-    predictor = Predictor.load(trained_run)
+    plain, fast = Predictor.load(trained_run, runtime="torch"), Predictor.load(trained_run)
     for path in sorted(demo_data.rglob("*.jpg"))[::7]:
-        _, _, expected = predictor.learn.predict(path)
-        got = predictor.probabilities([open_image(path)])[0]
+        _, _, expected = plain.learn.predict(path)
+        got = plain.probabilities([open_image(path)])[0]
         assert np.abs(got - expected.numpy()).max() < 1e-4
+        served = fast.probabilities([open_image(path)])[0]
+        assert np.abs(served - expected.numpy()).max() < 1e-3 and served.argmax() == expected.argmax()
 
 
 def test_split_is_saved_and_duplicate_free(trained_run):

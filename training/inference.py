@@ -12,7 +12,7 @@ from PIL import Image
 
 from .fsutil import sha256_file
 from .imaging import square_pad, to_batch
-from .runtimes import make_forward
+from .runtimes import RuntimeUnavailable, make_forward
 
 
 class ModelLoadError(RuntimeError):
@@ -84,7 +84,10 @@ class Predictor:
             raise ModelLoadError(f"{pkl} is not a loadable fastai learner ({exc.__class__.__name__}: {exc})") from exc
         if not hasattr(learn, "model") or not hasattr(learn, "dls") or not getattr(learn, "meta", None):
             raise ModelLoadError(f"{pkl} is not a learner exported by this project")
-        return cls(learn, report, pkl, runtime)
+        try:
+            return cls(learn, report, pkl, runtime)
+        except RuntimeUnavailable as exc:
+            raise ModelLoadError(f"{pkl} cannot be served with the {runtime} runtime: {exc}") from exc
 
     def predict(self, images: list[Image.Image]) -> list[Prediction]:
         """Predict a batch of RGB images in one forward pass."""
