@@ -72,7 +72,8 @@ def openvino_forward(graph: bytes, threads: int) -> Forward:
         raise RuntimeUnavailable("openvino is not installed") from exc
     core = openvino.Core()
     compiled = core.compile_model(core.read_model(graph), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+        "ENABLE_CPU_PINNING": False})
     local = threading.local()  # an infer request must not be shared between threads
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
