@@ -148,14 +148,20 @@ def test_grad_cam_points_somewhere(trained_run, demo_data):
     assert overlay.size == (predictor.size, predictor.size)
 
 
-def test_lr_find_stage_saves_its_plot_and_uses_the_suggestion(runner, demo_data, tmp_path):
-    recipe = tmp_path / "find.toml"
-    recipe.write_text('valid_pct = 0.25\n[[stages]]\nname = "find-64"\nbackbone = "efficientnet_lite0"\n'
-                      'size = 64\nbs = 16\nfrozen = true\nepochs = 1\nlr = "find"\n')
+def _train_one_stage(runner, demo_data, tmp_path, name: str, settings: str):
+    """Train a one-stage recipe of Lite0 at 64 px with `settings` (TOML lines); the CLI result and the run folder."""
+    recipe = tmp_path / f"{name}.toml"
+    recipe.write_text(f'valid_pct = 0.25\n[[stages]]\nname = "{name}"\nbackbone = "efficientnet_lite0"\n'
+                      f'size = 64\nbs = 16\n{settings}')
     out = tmp_path / "run"
     result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe), "--out", str(out),
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
+    return result, out
+
+
+def test_lr_find_stage_saves_its_plot_and_uses_the_suggestion(runner, demo_data, tmp_path):
+    result, out = _train_one_stage(runner, demo_data, tmp_path, "find-64", 'frozen = true\nepochs = 1\nlr = "find"\n')
     assert (out / "lr_find-find-64.png").read_bytes()[:4] == b"\x89PNG"
     stage = json.loads((out / "report.json").read_text())["stages"][0]
     assert stage["lr"] == "find" and 1e-7 < stage["lr_found"] < 10
@@ -179,13 +185,8 @@ def test_frozen_stage_without_train_bn_changes_only_the_head(trained_run):
 def test_frozen_groups_keep_the_early_blocks_as_pretrained(runner, demo_data, tmp_path):
     from training.learner import build_model, three_groups
 
-    recipe = tmp_path / "partial.toml"
-    recipe.write_text('valid_pct = 0.25\n[[stages]]\nname = "partial-64"\nbackbone = "efficientnet_lite0"\n'
-                      'size = 64\nbs = 16\nfrozen = false\nfrozen_groups = 1\ntrain_bn = false\nepochs = 1\nlr = [1e-4, 1e-3]\n')
-    out = tmp_path / "run"
-    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe), "--out", str(out),
-                                 "--no-progress"])
-    assert result.exit_code == 0, result.output
+    _, out = _train_one_stage(runner, demo_data, tmp_path, "partial-64",
+                              "frozen = false\nfrozen_groups = 1\ntrain_bn = false\nepochs = 1\nlr = [1e-4, 1e-3]\n")
     pretrained = build_model("efficientnet_lite0", len(SMOKE_CLASSES))
     trained = build_model("efficientnet_lite0", len(SMOKE_CLASSES), pretrained=False)
     trained.load_state_dict(torch.load(out / "checkpoints" / "stage-1.pth", weights_only=True))
