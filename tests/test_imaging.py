@@ -3,9 +3,10 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from training.imaging import ImageTooLarge, NotAnImage, open_image, square_pad
+from training.imaging import ImageTooLarge, NotAnImage, open_image, square_pad, to_batch
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -64,3 +65,14 @@ def test_square_pad_keeps_the_whole_guitar_and_pads_white():
     arr = np.asarray(out)
     assert out.size == (64, 64)
     assert (arr[:, 0] == 255).all() and (arr[32, 32] == 0).all()
+
+
+def test_to_batch_normalises_per_channel_into_contiguous_nchw():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)) for _ in range(2)]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    batch = to_batch(images, 12, mean, std)
+    assert batch.shape == (2, 3, 12, 12) and batch.dtype == torch.float32 and batch.is_contiguous()
+    pixels = np.stack([np.asarray(img, dtype=np.float32) / 255.0 for img in images]).transpose(0, 3, 1, 2)
+    expected = (pixels - np.array(mean).reshape(1, 3, 1, 1)) / np.array(std).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(batch.numpy(), expected, atol=1e-5)

@@ -7,7 +7,18 @@ import torch
 
 from training.imaging import open_image
 from training.inference import Predictor
-from training.runtimes import RuntimeUnavailable, agreement, make_forward, torch_forward
+from training.runtimes import (
+    BF16_MAX_PROBABILITY_DIFFERENCE,
+    BF16_SAFE_MARGIN,
+    RuntimeUnavailable,
+    agreement,
+    cpu_has_native_bf16,
+    guarded_forward,
+    make_forward,
+    torch_forward,
+)
+
+needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 
 
 class NotExportable(torch.nn.Module):
@@ -28,7 +39,7 @@ def images(demo_data):
 
 
 def test_auto_picks_openvino(trained_run):
-    assert Predictor.load(trained_run).runtime == "openvino"
+    assert Predictor.load(trained_run).runtime == ("openvino-bf16" if cpu_has_native_bf16() else "openvino")
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnx"])
@@ -46,6 +57,35 @@ def test_fast_runtime_agrees_with_torch(trained_run, plain, images, runtime):
     assert np.abs(np.stack(rows) - got).max() < 1e-5
 
 
+@needs_bf16
+def test_bf16_runtime_keeps_every_top1(trained_run, plain, images):
+    fast = Predictor.load(trained_run, runtime="openvino-bf16")
+    expected, got = plain.probabilities(images), fast.probabilities(images)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(got - expected).max() <= BF16_MAX_PROBABILITY_DIFFERENCE
+    with ThreadPoolExecutor(4) as pool:
+        rows = list(pool.map(lambda image: fast.probabilities([image])[0], images))
+    assert np.abs(np.stack(rows) - got).max() < 1e-5
+
+
+def test_guard_recomputes_exactly_the_close_calls():
+    logits = torch.tensor([[5.0, 0.0, 1.0], [2.0, 1.5, 0.0], [0.0, 0.0, 9.0], [1.0, 1.0 + BF16_SAFE_MARGIN, 0.0]])
+    calls = []
+
+    def exact(batch):
+        calls.append(len(batch))
+        return batch.mean((2, 3))
+
+    def fast(batch):  # off by a small error everywhere, as bf16 is
+        return exact(batch) + 0.25
+
+    batch = logits[:, :, None, None].expand(-1, -1, 2, 2).clone()
+    got = guarded_forward(fast, exact)(batch)
+    assert calls == [len(logits), 1]  # the fast pass did all four rows, the exact pass only the close one
+    torch.testing.assert_close(got[1], logits[1])
+    torch.testing.assert_close(got[[0, 2, 3]], logits[[0, 2, 3]] + 0.25)
+
+
 def test_agreement_detects_a_different_model(plain):
     same = agreement(torch_forward(plain.model), plain._forward, plain.size)
     other = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
@@ -57,7 +97,7 @@ def test_unexportable_model_falls_back_to_torch_or_fails_when_a_runtime_is_requi
     name, forward = make_forward(NotExportable(), 8)
     assert name == "torch" and forward(torch.ones(1, 3, 8, 8)).shape == (1, 12)
     assert "serving with PyTorch" in caplog.text
-    for runtime in ("openvino", "onnx"):
+    for runtime in ("openvino-bf16", "openvino", "onnx"):
         with pytest.raises(RuntimeUnavailable, match="zeta"):
             make_forward(NotExportable(), 8, runtime=runtime)
     with pytest.raises(ValueError, match="unknown runtime"):
@@ -72,6 +112,7 @@ def test_a_required_runtime_that_cannot_run_is_a_load_error(trained_run, monkeyp
         raise RuntimeError("no CPU plugin")
 
     monkeypatch.setitem(runtimes.BUILDERS, "openvino", broken)
+    monkeypatch.setitem(runtimes.BUILDERS, "openvino-bf16", broken)
     with pytest.raises(ModelLoadError, match="openvino runtime: openvino cannot run this model: no CPU plugin"):
         Predictor.load(trained_run, runtime="openvino")
     assert Predictor.load(trained_run).runtime == "onnx"  # auto moves on to the next runtime
