@@ -23,6 +23,18 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def server_time_lines(serve: dict) -> list[str]:
+    """Where our p50 at concurrency 1 goes, from the app's Server-Timing header."""
+    level = serve["apps"]["ours"]["levels"][0]
+    parts = level.get("server_p50_ms") or {}
+    if not parts:
+        return []
+    rest = level["p50_ms"] - sum(parts.values())
+    return [f"- Our p50 at concurrency {level['concurrency']} ({level['p50_ms']:.1f} ms), by the app's Server-Timing "
+            f"header: decoding {parts['decode']:.1f} ms, preprocessing and model {parts['model']:.1f} ms, the rest "
+            f"(HTTP, multipart parsing, Flask, JSON, the client) {rest:.1f} ms."]
+
+
 def run(module: str, out: Path, *extra: str) -> dict:
     subprocess.run([sys.executable, "-m", module, "--json", str(out), *extra], cwd=ROOT, check=True)
     return json.loads(out.read_text())
@@ -63,6 +75,7 @@ def main() -> None:
         + f"; we serve with {RUNTIME_NAMES[serve['served_runtime']]}, and our p50 at concurrency 1 is "
         f"{serve['p50_c1_over_bare']:.2f}x its bare forward (goal: <= 1.3x).",
         f"- Top-1 identical to the baseline on every image: {serve['top1_identical']}.",
+        *server_time_lines(serve),
         "",
         "## Training: the `cpu` recipe's frozen stage and its costliest unfrozen stage, one epoch each",
         "",

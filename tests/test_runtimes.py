@@ -8,8 +8,8 @@ import torch
 from training.imaging import open_image
 from training.inference import Predictor
 from training.runtimes import (
+    BF16_CONFIDENT,
     BF16_MAX_PROBABILITY_DIFFERENCE,
-    BF16_SAFE_MARGIN,
     RuntimeUnavailable,
     agreement,
     cpu_has_native_bf16,
@@ -68,8 +68,10 @@ def test_bf16_runtime_keeps_every_top1(trained_run, plain, images):
     assert np.abs(np.stack(rows) - got).max() < 1e-5
 
 
-def test_guard_recomputes_exactly_the_close_calls():
-    logits = torch.tensor([[5.0, 0.0, 1.0], [2.0, 1.5, 0.0], [0.0, 0.0, 9.0], [1.0, 1.0 + BF16_SAFE_MARGIN, 0.0]])
+def test_guard_recomputes_exactly_the_unconfident_rows():
+    # Top probabilities: about 0.999, 0.5, 0.9999 and just under 0.99.
+    logits = torch.tensor([[8.0, 0.0, 1.0], [2.0, 2.0, -9.0], [0.0, 0.0, 10.0], [0.0, 4.5, -9.0]])
+    assert torch.softmax(logits, 1).amax(1)[3] < BF16_CONFIDENT
     calls = []
 
     def exact(batch):
@@ -77,13 +79,13 @@ def test_guard_recomputes_exactly_the_close_calls():
         return batch.mean((2, 3))
 
     def fast(batch):  # off by a small error everywhere, as bf16 is
-        return exact(batch) + 0.25
+        return exact(batch) + torch.tensor([0.25, 0.0, 0.0])
 
     batch = logits[:, :, None, None].expand(-1, -1, 2, 2).clone()
     got = guarded_forward(fast, exact)(batch)
-    assert calls == [len(logits), 1]  # the fast pass did all four rows, the exact pass only the close one
-    torch.testing.assert_close(got[1], logits[1])
-    torch.testing.assert_close(got[[0, 2, 3]], logits[[0, 2, 3]] + 0.25)
+    assert calls == [len(logits), 2]  # the fast pass did every row, the exact pass only the two unsure ones
+    torch.testing.assert_close(got[[1, 3]], logits[[1, 3]])
+    torch.testing.assert_close(got[[0, 2]], logits[[0, 2]] + torch.tensor([0.25, 0.0, 0.0]))
 
 
 def test_agreement_detects_a_different_model(plain):

@@ -9,6 +9,7 @@ from tests.conftest import SMOKE_CLASSES
 from tests.images import encode, upload
 from training.imaging import open_image
 from training.inference import Predictor
+from training.runtimes import cpu_has_native_bf16, probability_tolerance
 from webapp import create_app
 
 
@@ -33,7 +34,10 @@ def test_api_predicts_top_k_equal_to_the_learner(client, trained_run, demo_data)
     _, _, expected = Predictor.load(trained_run).learn.predict(path)
     best = int(np.argmax(expected))
     assert result["predictions"][0]["label"] == sorted(SMOKE_CLASSES)[best]
-    assert result["predictions"][0]["probability"] == pytest.approx(float(expected[best]), abs=1e-4)
+    tolerance = probability_tolerance(body["model"]["runtime"])
+    assert result["predictions"][0]["probability"] == pytest.approx(float(expected[best]), abs=tolerance)
+    timings = dict(part.split(";dur=") for part in response.headers["Server-Timing"].split(", "))
+    assert set(timings) == {"decode", "model"} and all(float(ms) > 0 for ms in timings.values())
 
 
 def test_api_takes_several_files_in_one_request(client, demo_data):
@@ -78,7 +82,7 @@ def test_api_rejects_bad_top_k(client, demo_data, top_k):
 def test_model_endpoint_and_openapi(client):
     model = client.get("/api/v1/model").json
     assert model["classes"] == sorted(SMOKE_CLASSES) and model["backbone"] == "efficientnet_lite0"
-    assert model["runtime"] == "openvino"
+    assert model["runtime"] == ("openvino-bf16" if cpu_has_native_bf16() else "openvino")
     assert len(model["validation"]["confusion_matrix"]) == 3
     spec = client.get("/api/v1/openapi.json").json
     assert "/api/v1/predict" in spec["paths"]
@@ -186,7 +190,7 @@ def test_rate_limit_is_off_by_default_and_429_when_set(trained_run, demo_data):
 
 def test_runtime_setting_is_checked_and_used(trained_run, monkeypatch):
     monkeypatch.setenv("GUITARS_RUNTIME", "tensorrt")
-    with pytest.raises(ValueError, match="GUITARS_RUNTIME must be one of auto, openvino, onnx, torch"):
+    with pytest.raises(ValueError, match="GUITARS_RUNTIME must be one of auto, openvino-bf16, openvino, onnx, torch"):
         create_app({"TESTING": True})
     monkeypatch.setenv("GUITARS_RUNTIME", "torch")
     client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()

@@ -18,10 +18,11 @@ FAST_RUNTIMES = ("openvino-bf16", "openvino", "onnx")
 # An fp32 runtime's softmax may differ from PyTorch's on the same input by float rounding only.
 MAX_PROBABILITY_DIFFERENCE = 1e-3
 # bf16 moves the gap between two logits by up to 1.73 (max over the 96.8% model's 1,531 validation photos, 99th
-# percentile 1.17); a prediction whose top two logits are closer than this margin is recomputed in fp32 (9% of those
-# photos), so bf16 never changes a top-1 and close calls show exact probabilities.
-BF16_SAFE_MARGIN = 3.0
-# What bf16 may still move a shown probability by on a confident prediction (0.093 at most on those photos).
+# percentile 1.17). A bf16 answer is kept only when its top probability is at least this, i.e. every other logit is
+# at least ln(0.99 / 0.01) = 4.6 below the top one: then fp32 has the same top-1 with a top probability of at least
+# 0.94, so the "not sure" flag cannot change either. Anything less confident is recomputed in fp32.
+BF16_CONFIDENT = 0.99
+# What bf16 may still move a shown probability by on a confident prediction.
 BF16_MAX_PROBABILITY_DIFFERENCE = 0.1
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -96,15 +97,14 @@ def openvino_forward(graph: bytes, threads: int, precision: str = "f32") -> Forw
     return forward
 
 
-def guarded_forward(fast: Forward, exact: Forward, margin: float = BF16_SAFE_MARGIN) -> Forward:
-    """`fast`'s logits, except for rows whose top two logits are within `margin`: `exact` recomputes those."""
+def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT) -> Forward:
+    """`fast`'s logits where its top probability reaches `confident`; `exact` recomputes the other rows."""
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         logits = fast(batch)
-        top = logits.topk(min(2, logits.shape[1]), dim=1).values
-        close = (top[:, 0] - top[:, -1]) < margin
-        if close.any():
-            logits[close] = exact(batch[close])
+        unsure = torch.softmax(logits, dim=1).amax(dim=1) < confident
+        if unsure.any():
+            logits[unsure] = exact(batch[unsure])
         return logits
 
     return forward
@@ -131,7 +131,11 @@ def agreement(reference: Forward, candidate: Forward, size: int, seed: int = 0) 
 
 
 BUILDERS = {"openvino-bf16": openvino_bf16_forward, "openvino": openvino_forward, "onnx": onnx_forward}
-TOLERANCES = {"openvino-bf16": BF16_MAX_PROBABILITY_DIFFERENCE}
+
+
+def probability_tolerance(runtime: str) -> float:
+    """How far a runtime's probabilities may be from PyTorch's fp32 ones on the same input."""
+    return BF16_MAX_PROBABILITY_DIFFERENCE if runtime == "openvino-bf16" else MAX_PROBABILITY_DIFFERENCE
 
 
 def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto") -> tuple[str, Forward]:
@@ -158,7 +162,7 @@ def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto") -> tu
                 raise RuntimeUnavailable(f"{name} cannot run this model: {exc}") from exc
             log.warning("not serving with %s: %s: %s", name, exc.__class__.__name__, exc)
             continue
-        if difference <= TOLERANCES.get(name, MAX_PROBABILITY_DIFFERENCE):
+        if difference <= probability_tolerance(name):
             return name, candidate
         message = f"{name} disagrees with PyTorch by {difference:.2g} in probability"
         if runtime != "auto":

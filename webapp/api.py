@@ -6,7 +6,7 @@ from pathlib import Path
 from flask import Blueprint, current_app, jsonify, send_file
 
 from .security import api_rate_limit, limiter, rate_limit_off
-from .service import classify_request, current_predictor
+from .service import classify_request, current_predictor, server_timing_header
 
 bp = Blueprint("api", __name__)
 OPENAPI = Path(__file__).with_name("openapi.json")
@@ -28,7 +28,9 @@ def model_summary(predictor) -> dict:
 @limiter.limit(api_rate_limit, exempt_when=rate_limit_off)
 def predict():
     predictor, _, results = classify_request()
-    return jsonify({"model": predictor.describe(), "results": results})
+    response = jsonify({"model": predictor.describe(), "results": results})
+    response.headers["Server-Timing"] = server_timing_header()
+    return response
 
 
 @bp.get("/api/v1/model")

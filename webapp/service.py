@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
-from flask import current_app, request
+from flask import current_app, g, request
 
 from training.inference import Predictor
 
@@ -56,6 +57,17 @@ def classify_request() -> tuple[Predictor, list[Upload], list[dict]]:
     """Read the current request's files and `top_k`, and classify them: shared by the API and the form."""
     predictor = current_predictor()
     top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
+    started = time.perf_counter()
     uploads = read_uploads(request.files.getlist("file"), current_app.config["MAX_FILES"],
                            current_app.config["MAX_PIXELS"])
-    return predictor, uploads, classify(predictor, uploads, top_k)
+    decoded = time.perf_counter()
+    results = classify(predictor, uploads, top_k)
+    # Where a request's time went, for the Server-Timing header: operators and bench/serve.py read it.
+    g.server_timing = {"decode": decoded - started, "model": time.perf_counter() - decoded}
+    return predictor, uploads, results
+
+
+def server_timing_header() -> str | None:
+    """The current request's timings as a Server-Timing header value (milliseconds), if it classified anything."""
+    timings = g.get("server_timing")
+    return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in timings.items()) if timings else None
