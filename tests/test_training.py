@@ -8,9 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from PIL import ImageOps
 
 from tests.conftest import SMOKE_CLASSES
-from training.imaging import open_image
+from training.imaging import open_image, square_pad
 from training.inference import Predictor
 from training.runtimes import probability_tolerance
 
@@ -126,8 +127,23 @@ def test_evaluate_reports_json_and_unknown_classes(runner, trained_run, demo_dat
     assert np.array(scores["confusion_matrix"]).sum() == 42
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    assert scores["tta"] == "off"
     summary = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(data)])
     assert "Accuracy" in summary.output and "ukulele (1)" in summary.output
+    mirrored = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(data), "--json", "--tta"])
+    assert mirrored.exit_code == 0 and json.loads(mirrored.output)["tta"] == "flip"
+
+
+def test_flip_tta_averages_each_photo_with_its_mirror(trained_run, demo_data):
+    plain = Predictor.load(trained_run, runtime="torch")
+    tta = Predictor.load(trained_run, runtime="torch", tta=True)
+    # Already square at the model's size, so mirroring before or after preprocessing is the same picture.
+    images = [square_pad(open_image(p), plain.size) for p in sorted(demo_data.rglob("*.jpg"))[::10]]
+    mirrored = [ImageOps.mirror(img) for img in images]
+    assert np.abs(plain.probabilities(mirrored) - plain.probabilities(images)).max() > 1e-3
+    expected = (plain.probabilities(images) + plain.probabilities(mirrored)) / 2
+    np.testing.assert_allclose(tta.probabilities(images), expected, atol=1e-5)
+    assert tta.describe()["tta"] == "flip" and plain.describe()["tta"] == "off"
 
 
 def test_tampered_model_is_refused(trained_run, tmp_path):

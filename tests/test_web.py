@@ -195,3 +195,17 @@ def test_runtime_setting_is_checked_and_used(trained_run, monkeypatch):
     monkeypatch.setenv("GUITARS_RUNTIME", "torch")
     client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
     assert client.get("/api/v1/model").json["runtime"] == "torch"
+
+
+def test_tta_setting_is_checked_and_used(trained_run, demo_data, monkeypatch):
+    monkeypatch.setenv("GUITARS_TTA", "yes")
+    with pytest.raises(ValueError, match="GUITARS_TTA must be one of off, flip"):
+        create_app({"TESTING": True})
+    monkeypatch.setenv("GUITARS_TTA", "flip")
+    client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
+    assert client.get("/api/v1/model").json["tta"] == "flip"
+    path = next((demo_data / "flying_v").glob("*.jpg"))
+    expected = Predictor.load(trained_run, tta=True).predict([open_image(path)])[0]
+    (result,) = post_predict(client, [upload(path.read_bytes())]).json["results"]
+    assert result["predictions"][0]["label"] == expected.labels[0]
+    assert result["predictions"][0]["probability"] == pytest.approx(expected.probabilities[0], abs=1e-5)

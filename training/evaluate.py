@@ -48,6 +48,7 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
         )
     result = classification_metrics(np.concatenate(probs), np.array(targets), predictor.classes)
     result["classes"] = predictor.classes
+    result["tta"] = predictor.describe()["tta"]
     result["unknown_classes"] = unknown
     result["unreadable"] = unreadable
     return result

@@ -40,8 +40,10 @@ def resolve_model_path(path: str | Path) -> Path:
 class Predictor:
     """An exported fastai learner ready to serve: eval mode, shared preprocessing, the fastest runtime that agrees."""
 
-    def __init__(self, learn, report: dict | None = None, path: Path | None = None, runtime: str = "torch"):
+    def __init__(self, learn, report: dict | None = None, path: Path | None = None, runtime: str = "torch",
+                 tta: bool = False):
         self.learn = learn
+        self.tta = tta
         self.model = learn.model.eval()
         self.report = report or {}
         self.path = path
@@ -57,8 +59,11 @@ class Predictor:
         self._cam_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True, runtime: str = "auto") -> Predictor:
-        """Load `export.pkl` (or a run directory), checking its SHA-256 against the run's report when present."""
+    def load(cls, path: str | Path, verify: bool = True, runtime: str = "auto", tta: bool = False) -> Predictor:
+        """Load `export.pkl` (or a run directory), checking its SHA-256 against the run's report when present.
+
+        `tta`: average each photo's probabilities with its mirror image's (twice the compute).
+        """
         from fastai.learner import load_learner
 
         pkl = resolve_model_path(path)
@@ -85,7 +90,7 @@ class Predictor:
         if not hasattr(learn, "model") or not hasattr(learn, "dls") or not getattr(learn, "meta", None):
             raise ModelLoadError(f"{pkl} is not a learner exported by this project")
         try:
-            return cls(learn, report, pkl, runtime)
+            return cls(learn, report, pkl, runtime, tta)
         except RuntimeUnavailable as exc:
             raise ModelLoadError(f"{pkl} cannot be served with the {runtime} runtime: {exc}") from exc
 
@@ -103,7 +108,11 @@ class Predictor:
         """Class probabilities in `self.classes` order, shape (N, C)."""
         batch = to_batch(images, self.size, self.mean, self.std)
         # The temperature is already baked into the model's last layer at export.
-        return torch.softmax(self._forward(batch), dim=1).numpy()
+        if not self.tta:
+            return torch.softmax(self._forward(batch), dim=1).numpy()
+        # A mirrored guitar is the same model (training flips photos too), so the mirror is a second opinion.
+        both = torch.softmax(self._forward(torch.cat([batch, batch.flip(3)])), dim=1)
+        return ((both[: len(batch)] + both[len(batch):]) / 2).numpy()
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""
@@ -141,5 +150,6 @@ class Predictor:
             "trained_at": self.meta.get("trained_at"),
             "temperature": self.temperature,
             "runtime": self.runtime,
+            "tta": "flip" if self.tta else "off",
             "sha256": self.report.get("model_sha256"),
         }

@@ -26,7 +26,8 @@ def init_app(app: Flask) -> None:
     from . import api, errors, pages, security
     from .model import ModelHolder
 
-    app.extensions["guitars_model"] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"])
+    app.extensions["guitars_model"] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
+                                                   tta=app.config["TTA"] == "flip")
     security.init_app(app)
     errors.init_app(app)
     app.register_blueprint(pages.bp)

@@ -16,10 +16,11 @@ class ModelHolder:
 
     check_every = 2.0
 
-    def __init__(self, path: str | Path, runtime: str = "auto"):
+    def __init__(self, path: str | Path, runtime: str = "auto", tta: bool = False):
         # The path comes from configuration only; requests can never choose what is unpickled.
         self.path = resolve_model_path(path)
         self.runtime = runtime
+        self.tta = tta
         self._predictor: Predictor | None = None
         self._stamp = None
         self._error: str | None = None
@@ -37,7 +38,7 @@ class ModelHolder:
     def _load(self) -> None:
         stamp = self._file_stamp()
         try:
-            predictor = Predictor.load(self.path, runtime=self.runtime)
+            predictor = Predictor.load(self.path, runtime=self.runtime, tta=self.tta)
         except ModelLoadError as exc:
             self._error = str(exc)
             if self._predictor is None:

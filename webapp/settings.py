@@ -48,6 +48,7 @@ def load_settings(env, instance_dir: Path) -> dict:
     return {
         "MODEL_PATH": env.get("GUITARS_MODEL", "runs/demo"),
         "RUNTIME": _choice(env, "GUITARS_RUNTIME", RUNTIMES),
+        "TTA": _choice(env, "GUITARS_TTA", ("off", "flip")),
         "TOP_K": _number(env, "GUITARS_TOP_K", 3),
         "MAX_FILES": _number(env, "GUITARS_MAX_FILES", 8),
         "MAX_CONTENT_LENGTH": int(_number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * 1024 * 1024),
