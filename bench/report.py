@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 RUNTIME_NAMES = {"torch": "PyTorch", "onnx": "ONNX Runtime", "openvino": "OpenVINO",
-                 "openvino-bf16": "OpenVINO bf16 (fp32 on close calls)"}
+                 "openvino-bf16": "OpenVINO bf16 (fp32 below 0.99 confidence)"}
 NOTES_HEADING = "## Notes"
 
 

@@ -104,7 +104,7 @@ def bare_forward_ms(model: str, images: list[Path], threads: int) -> dict[str, f
 
     torch.set_num_threads(threads)
     floors = {}
-    for runtime in reversed(RUNTIMES[1:]):  # slowest first, "auto" is one of these
+    for runtime in reversed(RUNTIMES[1:]):  # every runtime but "auto", slowest first
         try:
             predictor = Predictor.load(model, runtime=runtime)
         except ModelLoadError as exc:  # e.g. no native bf16 on this CPU
@@ -173,8 +173,8 @@ def main() -> None:
         parts = ours["levels"][0]["server_p50_ms"]
         print("ours at c=1, median server-side ms: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
               + f"; the rest of the {ours['levels'][0]['p50_ms']:.1f} ms p50 is HTTP, multipart, Flask, JSON, client")
-    print(f"p50 at c=1 / bare forward of the served runtime: {results['p50_c1_over_bare']:.2f}x; top-1 identical on every image: "
-          f"{results['top1_identical']}")
+    print(f"p50 at c=1 / bare forward of the served runtime: {results['p50_c1_over_bare']:.2f}x; "
+          f"top-1 identical on every image: {results['top1_identical']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -117,7 +117,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def openvino_bf16_forward(graph: bytes, threads: int) -> Forward:
-    """OpenVINO in bf16, with close calls recomputed in fp32; only on CPUs with native bf16."""
+    """OpenVINO in bf16, recomputing in fp32 what is under `BF16_CONFIDENT`; only on CPUs with native bf16."""
     if not cpu_has_native_bf16():
         raise RuntimeUnavailable("this CPU has no native bf16, where bf16 would be slower than fp32")
     return guarded_forward(openvino_forward(graph, threads, "bf16"), openvino_forward(graph, threads, "f32"))
