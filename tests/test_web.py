@@ -188,21 +188,25 @@ def test_rate_limit_is_off_by_default_and_429_when_set(trained_run, demo_data):
     assert body["error"]["code"] == "too_many_requests"
 
 
-def test_runtime_setting_is_checked_and_used(trained_run, monkeypatch):
-    monkeypatch.setenv("GUITARS_RUNTIME", "tensorrt")
-    with pytest.raises(ValueError, match="GUITARS_RUNTIME must be one of auto, openvino-bf16, openvino, onnx, torch"):
+def client_after_checking_setting(monkeypatch, trained_run, name, refused, message, accepted):
+    """A bad value of a GUITARS_* choice stops the app with `message`; a good one gives a client serving the run."""
+    monkeypatch.setenv(name, refused)
+    with pytest.raises(ValueError, match=message):
         create_app({"TESTING": True})
-    monkeypatch.setenv("GUITARS_RUNTIME", "torch")
-    client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
+    monkeypatch.setenv(name, accepted)
+    return create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
+
+
+def test_runtime_setting_is_checked_and_used(trained_run, monkeypatch):
+    client = client_after_checking_setting(
+        monkeypatch, trained_run, "GUITARS_RUNTIME", "tensorrt",
+        "GUITARS_RUNTIME must be one of auto, openvino-bf16, openvino, onnx, torch", "torch")
     assert client.get("/api/v1/model").json["runtime"] == "torch"
 
 
 def test_tta_setting_is_checked_and_used(trained_run, demo_data, monkeypatch):
-    monkeypatch.setenv("GUITARS_TTA", "yes")
-    with pytest.raises(ValueError, match="GUITARS_TTA must be one of off, flip"):
-        create_app({"TESTING": True})
-    monkeypatch.setenv("GUITARS_TTA", "flip")
-    client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
+    client = client_after_checking_setting(
+        monkeypatch, trained_run, "GUITARS_TTA", "yes", "GUITARS_TTA must be one of off, flip", "flip")
     assert client.get("/api/v1/model").json["tta"] == "flip"
     path = next((demo_data / "flying_v").glob("*.jpg"))
     expected = Predictor.load(trained_run, tta=True).predict([open_image(path)])[0]
