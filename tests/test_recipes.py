@@ -36,6 +36,14 @@ def test_cpu_recipe_adapts_the_whole_body_small_then_the_later_blocks_large():
     assert [s.size for s in larger] == sorted(s.size for s in larger) and larger[0].size > whole.size
 
 
+def test_an_elastic_last_stage_takes_a_range_of_epochs_within_the_budget():
+    text = (f"budget_minutes = 55\n[[stages]]\nname = 'a'\nsize = 160\n{GOOD_STAGE}"
+            f"[[stages]]\nsize = 288\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 4]')}")
+    recipe = parse_recipe(text, "x")
+    assert recipe.budget_minutes == 55
+    assert [s.elastic for s in recipe.stages] == [False, True] and recipe.stages[1].epochs == (1, 4)
+
+
 def test_lr_find_is_accepted():
     recipe = parse_recipe("[[stages]]\n" + FIND_STAGE, "x")
     assert recipe.stages[0].lr == "find" and recipe.stages[0].lr_for_fit(0.01) == 0.01
@@ -56,6 +64,14 @@ def test_lr_find_is_accepted():
     (f"[[stages]]\n{GOOD_STAGE.replace('true', 'false')}frozen_groups = 2\n", "frozen_groups"),
     (f"[[stages]]\n{GOOD_STAGE}train_bn = 'no'\n", "train_bn"),
     (f"valid_pct = 2\n[[stages]]\n{GOOD_STAGE}", "valid_pct"),
+    (f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [3, 2]')}", "low <= high"),
+    (f"[[stages]]\n{GOOD_STAGE}[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 3]')}", "budget_minutes"),
+    (f"budget_minutes = 30\n[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 3]')}", "the last stage"),
+    (f"budget_minutes = 30\n[[stages]]\nname = 'a'\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 3]')}"
+     f"[[stages]]\n{GOOD_STAGE}", "the last stage"),
+    (f"budget_minutes = 30\n[[stages]]\nname = 'a'\n{GOOD_STAGE}[[stages]]\n"
+     f"{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 3]')}bs = 8\n", "bs must match"),
+    (f"budget_minutes = 0\n[[stages]]\n{GOOD_STAGE}", "budget_minutes"),
 ])
 def test_bad_recipes_say_what_is_wrong(text, message):
     with pytest.raises(RecipeError, match=message):

@@ -1,4 +1,5 @@
 """A real smoke training run: its files, its learner, its report, resume and clear refusals."""
+import csv
 import json
 import shutil
 import subprocess
@@ -13,11 +14,13 @@ from PIL import ImageOps
 from tests.conftest import SMOKE_CLASSES
 from training.imaging import open_image, square_pad
 from training.inference import Predictor
+from training.mistakes import mistake_rows
 from training.runtimes import probability_tolerance
 
 
 def test_run_writes_every_output(trained_run):
-    for name in ["export.pkl", "report.json", "confusion_matrix.png", "top_losses.png", "split.json", "state.json"]:
+    for name in ["export.pkl", "report.json", "confusion_matrix.png", "top_losses.png", "mistakes.csv", "split.json",
+                 "state.json"]:
         assert (trained_run / name).is_file(), name
     assert not list(trained_run.glob("*.tmp"))
 
@@ -40,6 +43,26 @@ def test_report_has_the_blogs_table_and_validation_metrics(trained_run):
     cal = report["calibration"]
     assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1
     assert report["unsure_below"] == cal["unsure_below"] and 0 < cal["unsure_below"] <= 1
+
+
+def test_mistakes_csv_lists_exactly_the_misclassified_validation_photos(trained_run):
+    report = json.loads((trained_run / "report.json").read_text())
+    with open(trained_run / "mistakes.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    matrix = np.array(report["validation"]["confusion_matrix"])
+    assert len(rows) == matrix.sum() - np.trace(matrix)
+    valid = {r["path"]: r["label"] for r in json.loads((trained_run / "split.json").read_text())["items"]
+             if r["is_valid"]}
+    for row in rows:
+        assert valid[row["file"]] == row["label"] != row["predicted"]
+        assert float(row["p_label"]) <= float(row["p_predicted"])
+
+
+def test_mistake_rows_put_the_most_confidently_wrong_first():
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.05, 0.95]])
+    rows = mistake_rows(["a", "b", "c", "d"], probs, np.array([0, 0, 1, 0]), ["x", "y"])
+    assert [r["file"] for r in rows] == ["d", "b"]
+    assert rows[0] == {"file": "d", "label": "x", "predicted": "y", "p_predicted": 0.95, "p_label": 0.05}
 
 
 def test_export_loads_in_a_process_that_imports_only_the_inference_module(trained_run, demo_data):
@@ -104,6 +127,23 @@ def test_resume_skips_completed_stages_and_finishes(runner, trained_run, demo_da
     assert again.exit_code == 0 and "already complete" in again.output
 
 
+@pytest.mark.parametrize("budget, epochs", [(60, 3), (1, 1)])
+def test_elastic_last_stage_runs_as_many_epochs_as_the_budget_allows(runner, demo_data, tmp_path, budget, epochs):
+    stage = 'backbone = "efficientnet_lite0"\nsize = 64\nbs = 16\nfrozen = false\nlr = [1e-5, 1e-3]\n'
+    recipe = tmp_path / "elastic.toml"
+    recipe.write_text(f"budget_minutes = {budget}\nseed = 7\nvalid_pct = 0.25\n"
+                      f"[[stages]]\nname = 'fixed'\nepochs = 1\n{stage}"
+                      f"[[stages]]\nname = 'elastic'\nsize = 80\nepochs = [1, 3]\n{stage.replace('size = 64', '')}")
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe),
+                                 "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    last = json.loads((tmp_path / "run" / "report.json").read_text())["stages"][-1]
+    assert len(last["epochs"]) == last["budget"]["epochs"] == epochs
+    first_epoch = json.loads((tmp_path / "run" / "report.json").read_text())["stages"][0]["epochs"][0]["seconds"]
+    assert last["budget"]["epoch_seconds_estimate"] == pytest.approx(first_epoch * (80 / 64) ** 2)
+    assert f"-> {epochs} epochs" in result.output and f"{epochs} epochs, lr" in result.output
+
+
 def test_resume_refuses_a_different_recipe(runner, trained_run, demo_data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -116,9 +156,9 @@ def test_evaluate_reports_json_and_unknown_classes(runner, trained_run, demo_dat
     shutil.copytree(demo_data, data)
     (data / "ukulele").mkdir()
     shutil.copy(next((data / "les_paul").glob("*.jpg")), data / "ukulele" / "u.jpg")
-    plot = tmp_path / "cm.png"
+    plot, mistakes = tmp_path / "cm.png", tmp_path / "mistakes.csv"
     result = runner.invoke(args=["evaluate", "--model", str(trained_run / "export.pkl"), "--data", str(data),
-                                 "--json", "--plot", str(plot)])
+                                 "--json", "--plot", str(plot), "--mistakes", str(mistakes)])
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
     assert scores["n"] == 42 and scores["unknown_classes"] == {"ukulele": 1}
@@ -126,6 +166,10 @@ def test_evaluate_reports_json_and_unknown_classes(runner, trained_run, demo_dat
     assert set(scores["per_class"]) == set(SMOKE_CLASSES)
     assert np.array(scores["confusion_matrix"]).sum() == 42
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    matrix = np.array(scores["confusion_matrix"])
+    assert len(scores["mistakes"]) == matrix.sum() - np.trace(matrix)
+    with open(mistakes, newline="") as fh:
+        assert list(csv.DictReader(fh)) == [{k: str(v) for k, v in row.items()} for row in scores["mistakes"]]
 
     assert scores["tta"] == "off"
     summary = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(data)])

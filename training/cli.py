@@ -66,17 +66,22 @@ def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrain
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the confusion matrix PNG here.")
 @click.option("--tta", is_flag=True, help="Average each photo with its mirror image (twice the compute).")
+@click.option("--mistakes", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the misclassified photos here as CSV, the most confidently wrong first.")
 @_fail_clearly
-def evaluate_command(model_path, data_dir, as_json, plot, tta):
+def evaluate_command(model_path, data_dir, as_json, plot, tta, mistakes):
     """Score a trained model on a labelled folder."""
     from .evaluate import evaluate_folder, evaluation_summary
     from .inference import Predictor
     from .metrics import plot_confusion_matrix
+    from .mistakes import write_mistakes_csv
 
     predictor = Predictor.load(model_path, tta=tta)
     result = evaluate_folder(predictor, data_dir, progress=not as_json and sys.stderr.isatty())
     if plot:
         plot_confusion_matrix(result["confusion_matrix"], result["classes"], plot, title=f"Confusion on {data_dir}")
+    if mistakes:
+        write_mistakes_csv(result["mistakes"], mistakes)
     click.echo(json.dumps(result) if as_json else evaluation_summary(result))
 
 

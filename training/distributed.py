@@ -55,3 +55,12 @@ def this_process_only():
             os.environ.pop("WORLD_SIZE", None)
         else:
             os.environ["WORLD_SIZE"] = saved
+
+
+def rank0_choice(value: int) -> int:
+    """Rank 0's `value` on every process (each measures its own clock; all must run the same number of epochs)."""
+    if num_distrib() <= 1 or not torch.distributed.is_initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

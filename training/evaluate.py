@@ -10,16 +10,17 @@ from .dataset import DatasetError, list_images
 from .imaging import ImageError, open_image
 from .inference import Predictor
 from .metrics import classification_metrics
+from .mistakes import mistake_rows
 
 
 def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int = 32, progress: bool = True) -> dict:
-    """Accuracy, macro-F1, per-class scores and confusion matrix; unknown classes and unreadable files are listed."""
+    """Accuracy, macro-F1, per-class scores, confusion matrix and the mistakes; unknown and unreadable files listed."""
     root = Path(data_dir)
     _, files = list_images(root)
     known = {name: k for k, name in enumerate(predictor.classes)}
     unknown: dict[str, int] = {}
     unreadable: list[dict] = []
-    probs, targets = [], []
+    probs, targets, scored = [], [], []
     batch, batch_targets = [], []
 
     def flush():
@@ -39,6 +40,7 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
             unreadable.append({"file": relpath, "reason": str(exc)})
             continue
         batch_targets.append(known[label])
+        scored.append(relpath)
         if len(batch) >= batch_size:
             flush()
     flush()
@@ -46,11 +48,13 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
         raise DatasetError(
             f"no images of the model's classes in {root}; the model knows: {', '.join(predictor.classes)}"
         )
-    result = classification_metrics(np.concatenate(probs), np.array(targets), predictor.classes)
+    probs, targets = np.concatenate(probs), np.array(targets)
+    result = classification_metrics(probs, targets, predictor.classes)
     result["classes"] = predictor.classes
     result["tta"] = predictor.describe()["tta"]
     result["unknown_classes"] = unknown
     result["unreadable"] = unreadable
+    result["mistakes"] = mistake_rows(scored, probs, targets, predictor.classes)
     return result
 
 
@@ -64,6 +68,10 @@ def evaluation_summary(result: dict) -> str:
         lines.append("")
         lines.append("Most confused: " + ", ".join(
             f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in result["most_confused"][:5]))
+    if result["mistakes"]:
+        worst = result["mistakes"][0]
+        lines.append(f"{len(result['mistakes'])} mistakes; the most confident: {worst['file']} "
+                     f"({worst['label']}, taken for {worst['predicted']} at {worst['p_predicted']:.2f})")
     if result["unknown_classes"]:
         lines.append("Skipped folders the model does not know: " + ", ".join(
             f"{k} ({v})" for k, v in result["unknown_classes"].items()))

@@ -23,12 +23,17 @@ class Stage:
     size: int
     bs: int
     frozen: bool
-    epochs: int
+    epochs: int | tuple[int, int]   # [low, high]: as many as the recipe's time budget leaves room for
     lr: float | tuple[float, float] | str
     label_smoothing: float = 0.0
     augment: bool = True
     frozen_groups: int = 0   # unfrozen stages: parameter groups, from the input, that stay frozen
     train_bn: bool = True    # fastai's default; False freezes BatchNorm in frozen groups too, so no backward reaches them
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the number of epochs is chosen at run time from the time budget."""
+        return isinstance(self.epochs, tuple)
 
     def lr_for_fit(self, found: float | None = None):
         """The `lr_max` argument for fastai: a float, or a slice for discriminative rates."""
@@ -48,6 +53,7 @@ class Recipe:
     stages: tuple[Stage, ...]
     valid_pct: float = 0.2
     seed: int = 42
+    budget_minutes: float | None = None   # wall-clock goal for the whole run; sizes an elastic last stage
     source: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
@@ -59,7 +65,9 @@ class Recipe:
 
 _STAGE_KEYS = {"name", "backbone", "size", "bs", "frozen", "epochs", "lr", "label_smoothing", "augment",
                "frozen_groups", "train_bn"}
-_RECIPE_KEYS = {"description", "valid_pct", "seed", "stages"}
+_RECIPE_KEYS = {"description", "valid_pct", "seed", "budget_minutes", "stages"}
+# What must match between an elastic stage and the one before it, whose epoch time is scaled to estimate its own.
+_SAME_COST_KEYS = ("backbone", "bs", "frozen", "frozen_groups", "train_bn")
 
 
 def available_recipes() -> list[str]:
@@ -93,6 +101,33 @@ def _parse_lr(value, where: str):
     return lr
 
 
+def _parse_epochs(value, where: str):
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise RecipeError(f"{where}: epochs as a list must be [low, high], got {value!r}")
+        low, high = (_number(v, "epochs", where, int, 1, 1000) for v in value)
+        if low > high:
+            raise RecipeError(f"{where}: epochs range needs low <= high, got {value!r}")
+        return (low, high)
+    return _number(value, "epochs", where, int, 1, 1000)
+
+
+def _check_elastic(stages: tuple[Stage, ...], budget: float | None, source: str) -> None:
+    for index, stage in enumerate(stages):
+        if not stage.elastic:
+            continue
+        where = f"{source}, stage {index + 1}"
+        if budget is None:
+            raise RecipeError(f"{where}: epochs as [low, high] needs budget_minutes at the top of the recipe")
+        if index != len(stages) - 1 or index == 0:
+            raise RecipeError(f"{where}: only the last stage, after at least one other, may have epochs as [low, high]")
+        previous = stages[index - 1]
+        differ = [key for key in _SAME_COST_KEYS if getattr(previous, key) != getattr(stage, key)]
+        if differ:
+            raise RecipeError(f"{where}: an elastic stage's epoch time is scaled from the stage before it, so "
+                              f"{', '.join(differ)} must match that stage's")
+
+
 def _parse_stage(raw: dict, index: int, source: str) -> Stage:
     where = f"{source}, stage {index + 1}"
     if not isinstance(raw, dict):
@@ -121,7 +156,7 @@ def _parse_stage(raw: dict, index: int, source: str) -> Stage:
         size=_number(raw.get("size", BACKBONES[backbone].default_size), "size", where, int, 32, 1024),
         bs=_number(raw.get("bs", 64), "bs", where, int, 1, 4096),
         frozen=raw["frozen"],
-        epochs=_number(raw["epochs"], "epochs", where, int, 1, 1000),
+        epochs=_parse_epochs(raw["epochs"], where),
         lr=_parse_lr(raw["lr"], where),
         label_smoothing=_number(raw.get("label_smoothing", 0.0), "label_smoothing", where, float, 0.0, 0.5),
         augment=raw.get("augment", True),
@@ -143,6 +178,10 @@ def parse_recipe(text: str, name: str, source: str = "<string>") -> Recipe:
     if not isinstance(stages, list) or not stages:
         raise RecipeError(f"{source}: a recipe needs at least one [[stages]] table")
     parsed = tuple(_parse_stage(stage, i, source) for i, stage in enumerate(stages))
+    budget = raw.get("budget_minutes")
+    if budget is not None:
+        budget = _number(budget, "budget_minutes", source, float, 1, 100000)
+    _check_elastic(parsed, budget, source)
     names = [s.name for s in parsed]
     if len(set(names)) != len(names):
         raise RecipeError(f"{source}: stage names must be unique, got {names}")
@@ -152,6 +191,7 @@ def parse_recipe(text: str, name: str, source: str = "<string>") -> Recipe:
         stages=parsed,
         valid_pct=_number(raw.get("valid_pct", 0.2), "valid_pct", source, float, 0.01, 0.9),
         seed=_number(raw.get("seed", 42), "seed", source, int),
+        budget_minutes=budget,
         source=source,
     )
 

@@ -7,7 +7,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -22,12 +22,14 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import noop, num_distrib, rank_distrib
 
 from .backbones import get_backbone
+from .budget import EpochPlan, plan_epochs, scaled_epoch_seconds
 from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
 from .dataset import DatasetScan, check_trainable, scan_dataset, split_items
-from .distributed import data_parallel, this_process_only
+from .distributed import data_parallel, rank0_choice, this_process_only
 from .fsutil import atomic_path, sha256_file, write_json
 from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss, set_trainable
 from .metrics import classification_metrics, plot_confusion_matrix
+from .mistakes import mistake_rows, write_mistakes_csv
 from .recipes import Recipe
 
 STATE_FILE = "state.json"
@@ -191,6 +193,7 @@ def _lr_find(learn, out: Path, stage_name: str, cbs) -> float:
 def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options: TrainOptions | None = None,
                  echo: Callable[[str], None] = print) -> dict:
     """Train every stage of `recipe` on `data_dir`, write RUN_DIR files, and return the report."""
+    started = time.monotonic()
     options = options or TrainOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +220,8 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
 
     learn, backbone = None, None
     completed = state["completed"]
+    # Time spent by earlier processes of a resumed run (their stages' epochs), for the budget of an elastic stage.
+    spent_before = sum(row["seconds"] for stage in completed for row in stage["epochs"])
     for index, stage in enumerate(recipe.stages):
         if index < len(completed):
             echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: done earlier, skipped")
@@ -257,11 +262,17 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
         if stage.lr == "find":
             record["lr_found"] = _lr_find(learn, out, stage.name, cbs)
             echo(f"  lr_find suggests {record['lr_found']:.2e}")
+        epochs = stage.epochs
+        if stage.elastic:
+            plan = _plan_elastic_stage(recipe, index, completed, spent_before + time.monotonic() - started)
+            epochs = rank0_choice(plan.epochs)
+            record["budget"] = asdict(plan)
+            echo(plan.describe())
         echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
-             f"{'frozen' if stage.frozen else 'unfrozen'}, {stage.epochs} epochs, lr {stage.lr}")
+             f"{'frozen' if stage.frozen else 'unfrozen'}, {epochs} epochs, lr {stage.lr}")
         table = EpochTable(None if options.progress else echo)
         with data_parallel(learn, device):
-            learn.fit_one_cycle(stage.epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
+            learn.fit_one_cycle(epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
         record["epochs"] = table.rows
         completed.append(record)
         if is_main:
@@ -275,6 +286,13 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
         learn = _rebuild_final(recipe, scan, frame, out, device)
     with this_process_only():
         return _finish(learn, recipe, scan, state, out, options, precision, echo)
+
+
+def _plan_elastic_stage(recipe: Recipe, index: int, completed: list[dict], spent: float) -> EpochPlan:
+    stage, previous = recipe.stages[index], recipe.stages[index - 1]
+    seconds = [row["seconds"] for row in completed[index - 1]["epochs"]]
+    estimate = scaled_epoch_seconds(seconds, previous.size, stage.size)
+    return plan_epochs(recipe.budget_minutes * 60, spent, estimate, *stage.epochs)
 
 
 def _rebuild_final(recipe: Recipe, scan: DatasetScan, frame: pd.DataFrame, out: Path, device):
@@ -296,6 +314,8 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
     calibration, probs = _calibrate(learn, logits, targets)
     metrics = classification_metrics(probs, targets.numpy(), scan.classes)
     _plot_top_losses(learn, losses, out / "top_losses.png")
+    valid_files = [str(Path(f).relative_to(scan.root)) for f in learn.dls.valid_ds.items]
+    write_mistakes_csv(mistake_rows(valid_files, probs, targets.numpy(), scan.classes), out / "mistakes.csv")
     trained = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     learn.meta = {
