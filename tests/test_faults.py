@@ -49,6 +49,13 @@ def test_failed_write_leaves_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["export.pkl"]
 
 
+def test_atomic_write_gets_the_same_permissions_as_a_plain_write(tmp_path):
+    with atomic_path(tmp_path / "export.pkl") as tmp:
+        tmp.write_bytes(b"model")
+    (tmp_path / "plain").write_bytes(b"model")
+    assert (tmp_path / "export.pkl").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
 def test_process_killed_during_export_leaves_the_previous_file(tmp_path):
     target = tmp_path / "export.pkl"
     target.write_bytes(b"previous model")
