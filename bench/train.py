@@ -97,7 +97,7 @@ def run(name: str, make_dls, backbone: str, stages, bf16: bool, recipe_freezing:
 def benchmark_stages(recipe):
     """The first (frozen) stage, and the unfrozen stage where the recipe spends most of its time."""
     unfrozen = [s for s in recipe.stages if not s.frozen]
-    costliest = max(unfrozen, key=lambda s: s.size ** 2 * s.epochs)
+    costliest = max(unfrozen, key=lambda s: s.size ** 2 * s.max_epochs)
     return [recipe.stages[0], costliest]
 
 

@@ -42,6 +42,7 @@ def test_an_elastic_last_stage_takes_a_range_of_epochs_within_the_budget():
     recipe = parse_recipe(text, "x")
     assert recipe.budget_minutes == 55
     assert [s.elastic for s in recipe.stages] == [False, True] and recipe.stages[1].epochs == (1, 4)
+    assert [s.max_epochs for s in recipe.stages] == [1, 4]
 
 
 def test_lr_find_is_accepted():

@@ -35,6 +35,11 @@ class Stage:
         """Whether the number of epochs is chosen at run time from the time budget."""
         return isinstance(self.epochs, tuple)
 
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs this stage can run."""
+        return self.epochs[1] if isinstance(self.epochs, tuple) else self.epochs
+
     def lr_for_fit(self, found: float | None = None):
         """The `lr_max` argument for fastai: a float, or a slice for discriminative rates."""
         if self.lr == "find":
