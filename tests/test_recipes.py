@@ -36,6 +36,12 @@ def test_cpu_recipe_adapts_the_whole_body_small_then_the_later_blocks_large():
     assert [s.size for s in larger] == sorted(s.size for s in larger) and larger[0].size > whole.size
 
 
+def test_cpu_recipe_fits_its_last_stage_into_the_hour():
+    recipe = load_recipe("cpu")
+    assert recipe.budget_minutes < 60
+    assert [s.elastic for s in recipe.stages] == [False] * (len(recipe.stages) - 1) + [True]
+
+
 def test_an_elastic_last_stage_takes_a_range_of_epochs_within_the_budget():
     text = (f"budget_minutes = 55\n[[stages]]\nname = 'a'\nsize = 160\n{GOOD_STAGE}"
             f"[[stages]]\nsize = 288\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 4]')}")

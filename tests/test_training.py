@@ -143,6 +143,11 @@ def test_elastic_last_stage_runs_as_many_epochs_as_the_budget_allows(runner, dem
     assert last["budget"]["epoch_seconds_estimate"] == pytest.approx(first_epoch * (80 / 64) ** 2)
     assert f"-> {epochs} epochs" in result.output and f"{epochs} epochs, lr" in result.output
 
+    from webapp import create_app
+    page = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path / "run")}).test_client().get("/model")
+    assert page.status_code == 200
+    assert f"elastic: {epochs} epoch{'s' if epochs != 1 else ''}, as many as fit" in page.get_data(as_text=True)
+
 
 def test_resume_refuses_a_different_recipe(runner, trained_run, demo_data, tmp_path):
     run = tmp_path / "run"
