@@ -38,7 +38,7 @@ class Stage:
     @property
     def max_epochs(self) -> int:
         """The most epochs this stage can run."""
-        return self.epochs[1] if isinstance(self.epochs, tuple) else self.epochs
+        return self.epochs[1] if self.elastic else self.epochs
 
     def lr_for_fit(self, found: float | None = None):
         """The `lr_max` argument for fastai: a float, or a slice for discriminative rates."""

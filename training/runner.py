@@ -221,7 +221,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
     learn, backbone = None, None
     completed = state["completed"]
     # Time spent by earlier processes of a resumed run (their stages' epochs), for the budget of an elastic stage.
-    spent_before = sum(row["seconds"] for stage in completed for row in stage["epochs"])
+    spent_before = _epoch_seconds(completed)
     for index, stage in enumerate(recipe.stages):
         if index < len(completed):
             echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: done earlier, skipped")
@@ -288,6 +288,11 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
         return _finish(learn, recipe, scan, state, out, options, precision, echo)
 
 
+def _epoch_seconds(completed: list[dict]) -> float:
+    """Seconds spent in the epochs of the completed stages (validation included)."""
+    return sum(row["seconds"] for stage in completed for row in stage["epochs"])
+
+
 def _plan_elastic_stage(recipe: Recipe, index: int, completed: list[dict], spent: float) -> EpochPlan:
     stage, previous = recipe.stages[index], recipe.stages[index - 1]
     seconds = [row["seconds"] for row in completed[index - 1]["epochs"]]
@@ -334,7 +339,7 @@ def _finish(learn, recipe: Recipe, scan: DatasetScan, state: dict, out: Path, op
     model_sha = sha256_file(out / "export.pkl")
     plot_confusion_matrix(metrics["confusion_matrix"], scan.classes, out / "confusion_matrix.png")
 
-    seconds = sum(row["seconds"] for stage in state["completed"] for row in stage["epochs"])
+    seconds = _epoch_seconds(state["completed"])
     report = {
         "classes": scan.classes,
         "backbone": last.backbone,
