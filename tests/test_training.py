@@ -215,14 +215,14 @@ def test_grad_cam_points_somewhere(trained_run, demo_data):
     assert overlay.size == (predictor.size, predictor.size)
 
 
-def _train_one_stage(runner, demo_data, tmp_path, name: str, settings: str):
+def _train_one_stage(runner, demo_data, tmp_path, name: str, settings: str, *options: str):
     """Train a one-stage recipe of Lite0 at 64 px with `settings` (TOML lines); the CLI result and the run folder."""
     recipe = tmp_path / f"{name}.toml"
     recipe.write_text(f'valid_pct = 0.25\n[[stages]]\nname = "{name}"\nbackbone = "efficientnet_lite0"\n'
                       f'size = 64\nbs = 16\n{settings}')
     out = tmp_path / "run"
     result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe), "--out", str(out),
-                                 "--no-progress"])
+                                 "--no-progress", *options])
     assert result.exit_code == 0, result.output
     return result, out
 
@@ -261,3 +261,16 @@ def test_frozen_groups_keep_the_early_blocks_as_pretrained(runner, demo_data, tm
     early_after, late_after, _ = three_groups(trained)
     assert all(torch.equal(a, b) for a, b in zip(early, early_after))
     assert not all(torch.equal(a, b) for a, b in zip(late, late_after))
+
+
+@pytest.mark.parametrize("precision, trained_format", [("bf16", torch.channels_last), ("fp32", torch.contiguous_format)])
+def test_bf16_trains_channels_last_and_exports_contiguous(runner, demo_data, tmp_path, precision, trained_format):
+    from fastai.learner import load_learner
+
+    _, out = _train_one_stage(runner, demo_data, tmp_path, "format-64", "frozen = false\nepochs = 1\nlr = 1e-3\n",
+                              "--precision", precision)
+    checkpoint = torch.load(out / "checkpoints" / "stage-1.pth", weights_only=True)
+    convs = [w for w in checkpoint.values() if w.ndim == 4 and w.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=trained_format) for w in convs)
+    exported = [p for p in load_learner(out / "export.pkl").model.parameters() if p.ndim == 4]
+    assert all(p.is_contiguous() for p in exported)
