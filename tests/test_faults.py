@@ -88,3 +88,31 @@ def test_bad_model_files_leave_the_app_not_ready(trained_run, tmp_path, content,
     ready = client.get("/readyz")
     assert ready.status_code == 503 and reason in ready.json["reason"]
     assert client.get("/healthz").status_code == 200
+
+
+def test_resumed_run_counts_the_killed_stages_epochs_against_its_budget(demo_data, tmp_path):
+    stage = 'backbone = "efficientnet_lite0"\nsize = 64\nbs = 16\nfrozen = false\nlr = [1e-5, 1e-3]\n'
+    recipe = tmp_path / "elastic.toml"
+    recipe.write_text(f"budget_minutes = 60\nseed = 7\nvalid_pct = 0.25\n[[stages]]\nname = 'fixed'\nepochs = 3\n"
+                      f"{stage}[[stages]]\nname = 'elastic'\nepochs = [1, 2]\n{stage}")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", str(recipe),
+               "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path, deadline = out / "state.json", time.monotonic() + 300
+    while time.monotonic() < deadline and not (state_path.exists() and "running" in json.loads(state_path.read_text())):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = json.loads(state_path.read_text())
+    assert killed["completed"] == [] and killed["running"]["stage"] == "fixed"
+    lost = killed["running"]["seconds"]
+    assert lost > 0
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    fixed, elastic = json.loads((out / "report.json").read_text())["stages"]
+    assert len(fixed["epochs"]) == 3  # the killed stage was redone from its start
+    assert elastic["budget"]["lost_seconds"] == pytest.approx(lost)
+    assert elastic["budget"]["spent_seconds"] >= sum(e["seconds"] for e in fixed["epochs"]) + lost
+    assert "running" not in json.loads(state_path.read_text())

@@ -8,6 +8,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -101,9 +102,11 @@ class EpochTable(Callback):
 
     order = 60  # after the Recorder has logged the epoch
 
-    def __init__(self, echo: Callable[[str], None] | None = None):
+    def __init__(self, echo: Callable[[str], None] | None = None,
+                 on_row: Callable[[list[dict]], None] | None = None):
         self.rows = []
         self.echo = echo  # set when fastai's own progress table is switched off
+        self.on_row = on_row  # told of every finished epoch, so a killed stage's time is not forgotten
 
     def before_epoch(self):
         self.started = time.perf_counter()
@@ -114,6 +117,8 @@ class EpochTable(Callback):
         row = {"epoch": len(self.rows) + 1, **dict(zip(names, values))}
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.rows.append(row)
+        if self.on_row:
+            self.on_row(self.rows)
         if self.echo:
             self.echo("  epoch {epoch}: train_loss {train_loss:.4f} valid_loss {valid_loss:.4f} "
                       "accuracy {accuracy:.4f} ({seconds:.0f}s)".format(**row))
@@ -175,6 +180,10 @@ def _load_state(out: Path, recipe: Recipe, scan: DatasetScan, options: TrainOpti
         raise RunError(f"cannot resume: the data folder changed since {out} was started")
     if state["pretrained"] != options.pretrained:
         raise RunError("cannot resume: --pretrained/--no-pretrained differs from the original run")
+    # Epochs of a stage that a killed process did not finish: redone now, but their time counts for the budget.
+    running = state.pop("running", None)
+    if running:
+        state["lost_seconds"] = state.get("lost_seconds", 0.0) + running["seconds"]
     return state
 
 
@@ -229,7 +238,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
     learn, backbone = None, None
     completed = state["completed"]
     # Time spent by earlier processes of a resumed run (their stages' epochs), for the budget of an elastic stage.
-    spent_before = _epoch_seconds(completed)
+    spent_before = _epoch_seconds(completed) + state.get("lost_seconds", 0.0)
     for index, stage in enumerate(recipe.stages):
         if index < len(completed):
             echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: done earlier, skipped")
@@ -272,15 +281,17 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
         if stage.elastic:
             plan = _plan_elastic_stage(recipe, index, completed, spent_before + time.monotonic() - started)
             epochs = rank0_choice(plan.epochs)
-            record["budget"] = asdict(plan)
+            record["budget"] = {**asdict(plan), "lost_seconds": state.get("lost_seconds", 0.0)}
             echo(plan.describe())
         echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
              f"{'frozen' if stage.frozen else 'unfrozen'}, {epochs} epochs, lr {stage.lr}")
-        table = EpochTable(None if options.progress else echo)
+        table = EpochTable(None if options.progress else echo,
+                           partial(_save_progress, out, state, stage.name) if is_main else None)
         with data_parallel(learn, device):
             learn.fit_one_cycle(epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
         record["epochs"] = table.rows
         completed.append(record)
+        state.pop("running", None)
         if is_main:
             _save_checkpoint(learn.model, out / "checkpoints" / f"stage-{index + 1}.pth")
             write_json(out / STATE_FILE, state)
@@ -293,6 +304,12 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
     learn.model.to(memory_format=torch.contiguous_format)  # exported as every runtime and the web app expect it
     with this_process_only():
         return _finish(learn, recipe, scan, state, out, options, precision, echo)
+
+
+def _save_progress(out: Path, state: dict, stage_name: str, rows: list[dict]) -> None:
+    """Note the running stage's finished epochs in the run state (a resumed run counts them as spent)."""
+    state["running"] = {"stage": stage_name, "seconds": _epoch_seconds([{"epochs": rows}])}
+    write_json(out / STATE_FILE, state)
 
 
 def _epoch_seconds(completed: list[dict]) -> float:
