@@ -1,13 +1,34 @@
 """An elastic last stage gets as many epochs as the budget leaves room for, within its range."""
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
-from training.budget import plan_epochs, scaled_epoch_seconds
+from training.budget import plan_epochs, probe_epoch
+from training.learner import build_learner, make_dataloaders
 
 
-def test_epoch_time_scales_with_the_pixel_count_of_the_previous_stage():
-    assert scaled_epoch_seconds([300.0, 340.0], 224, 288) == pytest.approx(320.0 * (288 / 224) ** 2)
-    with pytest.raises(ValueError):
-        scaled_epoch_seconds([], 224, 288)
+def test_probe_times_real_batches_and_leaves_the_model_as_it_was(demo_data):
+    frame = pd.DataFrame({"path": [str(p) for p in sorted(demo_data.rglob("*.jpg"))]})
+    frame["is_valid"] = np.arange(len(frame)) % 4 == 0
+    classes = sorted({Path(p).parent.name for p in frame["path"]})
+    learn = build_learner(make_dataloaders(frame, classes, "efficientnet_lite0", 64, 4), "efficientnet_lite0")
+    before = copy.deepcopy(learn.model.state_dict())
+
+    probe = probe_epoch(learn, warmup=1, timed=3)
+    assert (probe.train_batches, probe.valid_batches) == (len(learn.dls.train), len(learn.dls.valid))
+    assert probe.train_batch_seconds > probe.valid_batch_seconds > 0  # a backward pass costs more than none
+    after = learn.model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # BatchNorm statistics included
+    assert all(p.grad is None for p in learn.model.parameters())
+
+    start = time.perf_counter()
+    learn.fit(1)
+    assert probe.seconds / 3 < time.perf_counter() - start < probe.seconds * 3
 
 
 @pytest.mark.parametrize("spent, expected", [

@@ -137,10 +137,13 @@ def test_elastic_last_stage_runs_as_many_epochs_as_the_budget_allows(runner, dem
     result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe),
                                  "--out", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    first, last = json.loads((tmp_path / "run" / "report.json").read_text())["stages"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    last = report["stages"][-1]
     assert len(last["epochs"]) == last["budget"]["epochs"] == epochs
-    first_epoch = first["epochs"][0]["seconds"]
-    assert last["budget"]["epoch_seconds_estimate"] == pytest.approx(first_epoch * (80 / 64) ** 2)
+    probe = last["budget"]["probe"]  # timed on the stage's own batches: 80 px, training set, batch size 16
+    assert probe["train_batches"] == report["dataset"]["train_images"] // 16 and 0 < probe["valid_batch_seconds"]
+    assert last["budget"]["epoch_seconds_estimate"] == pytest.approx(
+        probe["train_batch_seconds"] * probe["train_batches"] + probe["valid_batch_seconds"] * probe["valid_batches"])
     assert f"-> {epochs} epochs" in result.output and f"{epochs} epochs, lr" in result.output
 
     from webapp import create_app

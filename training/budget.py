@@ -1,8 +1,13 @@
-"""Fitting an elastic last stage into a recipe's wall-clock budget, from the epoch times already measured."""
+"""Fitting an elastic last stage into a recipe's wall-clock budget, from a few batches timed at its size."""
 from __future__ import annotations
 
+import copy
 import math
+import time
 from dataclasses import dataclass
+from functools import partial
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -22,13 +27,61 @@ class EpochPlan:
                 f"export -> {self.epochs} epochs")
 
 
-def scaled_epoch_seconds(previous_epoch_seconds: list[float], previous_size: int, size: int) -> float:
-    """An epoch's time at `size`, from the stage before it with the same trainable layers (cost ~ pixel count)."""
-    if not previous_epoch_seconds:
-        raise ValueError("the stage before an elastic stage recorded no epochs")
-    # The first epoch of a stage carries warm-up, so the mean errs on the side of fewer epochs.
-    mean = sum(previous_epoch_seconds) / len(previous_epoch_seconds)
-    return mean * (size / previous_size) ** 2
+@dataclass(frozen=True)
+class EpochProbe:
+    """An epoch's time at a stage's size, from a few batches timed before the stage starts."""
+
+    train_batch_seconds: float
+    train_batches: int
+    valid_batch_seconds: float
+    valid_batches: int
+
+    @property
+    def seconds(self) -> float:
+        return self.train_batch_seconds * self.train_batches + self.valid_batch_seconds * self.valid_batches
+
+
+def _seconds_per_batch(loader, step, device_type: str, warmup: int, timed: int) -> float:
+    """Mean seconds of `step` over `timed` batches (loading included) after `warmup` untimed ones."""
+    count = min(len(loader), warmup + timed)
+    warmup = min(warmup, count - 1)  # a tiny loader: time what there is
+    batches = iter(loader)
+    for index in range(count):
+        if index == warmup:
+            if device_type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        step(*next(batches))
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (count - warmup)
+
+
+def probe_epoch(learn, autocast_dtype: torch.dtype | None = None, warmup: int = 2, timed: int = 4) -> EpochProbe:
+    """Time real training (forward and backward) and validation batches of `learn`; its weights end as they began."""
+    model, device_type = learn.model, learn.dls.device.type
+    # No optimizer step, so no weight moves, but BatchNorm's running statistics do: put them back afterwards.
+    saved = copy.deepcopy(model.state_dict())
+    autocast = partial(torch.autocast, device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+
+    def train_step(x, y):
+        with autocast():
+            loss = learn.loss_func(model(x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def valid_step(x, y):
+        with torch.no_grad(), autocast():
+            model(x)
+
+    try:
+        model.train()
+        train = _seconds_per_batch(learn.dls.train, train_step, device_type, warmup, timed)
+        model.eval()
+        valid = _seconds_per_batch(learn.dls.valid, valid_step, device_type, warmup, timed)
+    finally:
+        model.load_state_dict(saved)
+    return EpochProbe(train, len(learn.dls.train), valid, len(learn.dls.valid))
 
 
 def plan_epochs(budget_seconds: float, spent_seconds: float, epoch_seconds: float, low: int, high: int) -> EpochPlan:

@@ -23,7 +23,7 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import noop, num_distrib, rank_distrib
 
 from .backbones import get_backbone
-from .budget import EpochPlan, plan_epochs, scaled_epoch_seconds
+from .budget import plan_epochs, probe_epoch
 from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
 from .dataset import DatasetScan, check_trainable, scan_dataset, split_items
 from .distributed import data_parallel, rank0_choice, this_process_only
@@ -76,6 +76,10 @@ def cpu_has_fast_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+# The dtype that each (device, precision) pair trains under, for timing batches as the fit will run them.
+AUTOCAST_DTYPES = {("cpu", "bf16"): torch.bfloat16, ("cuda", "bf16"): torch.bfloat16, ("cuda", "fp16"): torch.float16}
 
 
 def training_memory_format(device: torch.device, precision: str) -> torch.memory_format:
@@ -279,9 +283,11 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
             echo(f"  lr_find suggests {record['lr_found']:.2e}")
         epochs = stage.epochs
         if stage.elastic:
-            plan = _plan_elastic_stage(recipe, index, completed, spent_before + time.monotonic() - started)
+            probe = probe_epoch(learn, AUTOCAST_DTYPES.get((device.type, precision)))
+            spent = spent_before + time.monotonic() - started
+            plan = plan_epochs(recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs)
             epochs = rank0_choice(plan.epochs)
-            record["budget"] = {**asdict(plan), "lost_seconds": state.get("lost_seconds", 0.0)}
+            record["budget"] = {**asdict(plan), "lost_seconds": state.get("lost_seconds", 0.0), "probe": asdict(probe)}
             echo(plan.describe())
         echo(f"stage {index + 1}/{len(recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
              f"{'frozen' if stage.frozen else 'unfrozen'}, {epochs} epochs, lr {stage.lr}")
@@ -315,13 +321,6 @@ def _save_progress(out: Path, state: dict, stage_name: str, rows: list[dict]) ->
 def _epoch_seconds(completed: list[dict]) -> float:
     """Seconds spent in the epochs of the completed stages (validation included)."""
     return sum(row["seconds"] for stage in completed for row in stage["epochs"])
-
-
-def _plan_elastic_stage(recipe: Recipe, index: int, completed: list[dict], spent: float) -> EpochPlan:
-    stage, previous = recipe.stages[index], recipe.stages[index - 1]
-    seconds = [row["seconds"] for row in completed[index - 1]["epochs"]]
-    estimate = scaled_epoch_seconds(seconds, previous.size, stage.size)
-    return plan_epochs(recipe.budget_minutes * 60, spent, estimate, *stage.epochs)
 
 
 def _rebuild_final(recipe: Recipe, scan: DatasetScan, frame: pd.DataFrame, out: Path, device):
