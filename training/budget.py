@@ -44,6 +44,8 @@ class EpochProbe:
 def _seconds_per_batch(loader, step, device_type: str, warmup: int, timed: int) -> float:
     """Mean seconds of `step` over `timed` batches (loading included) after `warmup` untimed ones."""
     count = min(len(loader), warmup + timed)
+    if count == 0:
+        return 0.0
     warmup = min(warmup, count - 1)  # a tiny loader: time what there is
     batches = iter(loader)
     for index in range(count):

@@ -241,7 +241,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
 
     learn, backbone = None, None
     completed = state["completed"]
-    # Time spent by earlier processes of a resumed run (their stages' epochs), for the budget of an elastic stage.
+    # Time spent by earlier processes of a resumed run (every epoch they finished), for an elastic stage's budget.
     spent_before = _epoch_seconds(completed) + state.get("lost_seconds", 0.0)
     for index, stage in enumerate(recipe.stages):
         if index < len(completed):
