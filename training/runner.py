@@ -78,7 +78,7 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-# The dtype that each (device, precision) pair trains under, for timing batches as the fit will run them.
+# The dtype that each (device, precision) pair trains under (autocast); absent pairs train in fp32.
 AUTOCAST_DTYPES = {("cpu", "bf16"): torch.bfloat16, ("cuda", "bf16"): torch.bfloat16, ("cuda", "fp16"): torch.float16}
 
 
@@ -224,6 +224,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
         echo = noop
     device = pick_device(options.device)
     precision = pick_precision(options.precision, device)
+    autocast_dtype = AUTOCAST_DTYPES.get((device.type, precision))
 
     scan = scan_dataset(data_dir, progress=options.progress)
     check_trainable(scan)
@@ -269,10 +270,8 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
             learn.remove_cbs(ProgressCallback)
             learn.logger = noop  # EpochTable echoes a readable line per epoch instead of fastai's raw lists
         cbs = []
-        if precision == "bf16" and device.type == "cpu":
-            cbs.append(CPUAutocast())
-        elif precision in ("bf16", "fp16") and device.type == "cuda":
-            cbs.append(MixedPrecision(amp_mode=precision))
+        if autocast_dtype is not None:
+            cbs.append(CPUAutocast() if device.type == "cpu" else MixedPrecision(amp_mode=precision))
         set_trainable(learn, stage.frozen, stage.frozen_groups, stage.train_bn)
 
         record = {"stage": stage.name, "backbone": stage.backbone, "size": stage.size, "bs": stage.bs,
@@ -283,7 +282,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
             echo(f"  lr_find suggests {record['lr_found']:.2e}")
         epochs = stage.epochs
         if stage.elastic:
-            probe = probe_epoch(learn, AUTOCAST_DTYPES.get((device.type, precision)))
+            probe = probe_epoch(learn, autocast_dtype)
             spent = spent_before + time.monotonic() - started
             plan = plan_epochs(recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs)
             epochs = rank0_choice(plan.epochs)
