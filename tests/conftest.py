@@ -1,6 +1,7 @@
 """Shared fixtures: a small drawn dataset, one real smoke training run, and the Flask app around it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -81,22 +82,20 @@ def wait_ready(url: str, deadline: float) -> None:
     raise AssertionError("gunicorn did not become ready in time")
 
 
-@pytest.fixture
-def server(trained_run, tmp_path):
-    """gunicorn with the smoke model on a free loopback port; yields (url, master process, its TMPDIR)."""
+@contextlib.contextmanager
+def gunicorn_server(model: str, cwd: Path, log_path: Path, **env_extra):
+    """A real gunicorn (the repo's gunicorn.conf.py, wsgi:app) started in `cwd`; yields (url, master process)."""
     port = free_port()
-    tmpdir = tmp_path / "server-tmp"
-    tmpdir.mkdir()
-    env = {**os.environ, "GUITARS_MODEL": str(trained_run), "GUITARS_BIND": f"127.0.0.1:{port}",
-           "GUITARS_WORKERS": "2", "GUITARS_SECRET_KEY": "test-secret", "TMPDIR": str(tmpdir)}
+    env = {**os.environ, "GUITARS_MODEL": model, "GUITARS_BIND": f"127.0.0.1:{port}", "GUITARS_WORKERS": "2",
+           "GUITARS_SECRET_KEY": "test-secret", "PYTHONPATH": str(ROOT), **env_extra}
     gunicorn = Path(sys.executable).with_name("gunicorn")
-    log = open(tmp_path / "gunicorn.log", "w")
-    proc = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(gunicorn), "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"], cwd=cwd, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, time.monotonic() + 120)
-        yield url, proc, tmpdir
+        yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -104,3 +103,30 @@ def server(trained_run, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture
+def server(trained_run, tmp_path):
+    """gunicorn with the smoke model on a free loopback port; yields (url, master process, its TMPDIR)."""
+    tmpdir = tmp_path / "server-tmp"
+    tmpdir.mkdir()
+    with gunicorn_server(str(trained_run), ROOT, tmp_path / "gunicorn.log", TMPDIR=str(tmpdir)) as (url, proc):
+        yield url, proc, tmpdir
+
+
+@pytest.fixture
+def make_run_server(trained_run, tmp_path):
+    """gunicorn started the way `make run` starts it: a model path relative to the operator's working directory.
+
+    With GUITARS_SCREENSHOTS set it serves `make run`'s own demo model from the checkout, for the README's pictures.
+    """
+    if os.environ.get("GUITARS_SCREENSHOTS"):
+        if not (ROOT / "runs" / "demo" / "export.pkl").is_file():
+            pytest.fail("GUITARS_SCREENSHOTS needs make run's model: run `make demo` first")
+        site = ROOT
+    else:
+        site = tmp_path / "site"
+        (site / "runs").mkdir(parents=True)
+        (site / "runs" / "demo").symlink_to(trained_run, target_is_directory=True)
+    with gunicorn_server("runs/demo", site, tmp_path / "gunicorn.log") as (url, _):
+        yield url

@@ -1,11 +1,15 @@
-"""End to end in headless Chromium: upload a photo, see bars and heat map, open the model page."""
+"""End to end in headless Chromium against gunicorn started as `make run` starts it: every page loads whole."""
 import os
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
+
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -13,37 +17,66 @@ pytestmark = [
 ]
 
 
-def test_upload_results_and_model_page(server, demo_data, tmp_path):
+class PageWatch:
+    """Records what a page asked for that failed, and what it logged as an error."""
+
+    def __init__(self, page):
+        self.failed, self.console = [], []
+        page.on("response", lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.on("requestfailed", lambda r: self.failed.append(f"failed {r.url}"))
+        page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: self.console.append(str(exc)))
+
+    def assert_whole(self, page, expected_status: int = 200):
+        """Every <img> decoded, no request got a 4xx/5xx (but the page itself, if expected), no console errors."""
+        page.wait_for_load_state("networkidle")
+        broken = page.evaluate(
+            "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src)")
+        assert not broken, f"images that did not load on {page.url}: {broken}"
+        failed = [f for f in self.failed if f != f"{expected_status} {page.url}"]
+        assert not failed, f"requests that failed on {page.url}: {failed}"
+        console = [c for c in self.console if not (expected_status >= 400 and f"status of {expected_status}" in c)]
+        assert not console, f"console errors on {page.url}: {console}"
+        self.failed.clear()
+        self.console.clear()
+
+
+def test_every_page_loads_whole(make_run_server, demo_data, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    url, _, _ = server
-    shots = SHOTS if os.environ.get("GUITARS_SCREENSHOTS") else tmp_path
+    url = make_run_server
+    refresh = bool(os.environ.get("GUITARS_SCREENSHOTS"))
+    shots = SHOTS if refresh else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
-    photo = next((demo_data / "les_paul").glob("*.jpg"))
+    data = ROOT / "demo_data" if refresh else demo_data  # the README's pictures show make run's own model and data
+    photos = [sorted((data / name).glob("*.jpg"))[-1] for name in ("les_paul", "stratocaster", "flying_v")]
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 800})
-        errors = []
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        watch = PageWatch(page)
+
         page.goto(url + "/")
-        page.set_input_files("#file-input", str(photo))
-        assert photo.name in page.inner_text("#chosen")  # our script ran under the CSP
+        page.set_input_files("#file-input", [str(p) for p in photos])
+        assert photos[0].name in page.inner_text("#chosen")  # our script ran under the CSP
+        watch.assert_whole(page)
         page.screenshot(path=str(shots / "upload.png"))
+
         page.click("button[type=submit]")
         page.wait_for_selector("img.heat-map")
-        assert page.locator("progress").count() == 3
-        heat = page.locator("img.heat-map")
-        assert heat.evaluate("img => img.complete && img.naturalWidth > 0")
+        assert page.locator("img.heat-map").count() == len(photos)
+        assert page.locator("progress").count() == 3 * len(photos)
+        watch.assert_whole(page)
         page.screenshot(path=str(shots / "results.png"), full_page=True)
+
         page.goto(url + "/model")
         matrix = page.locator("#confusion-matrix")
-        matrix.wait_for()
-        assert matrix.evaluate("img => img.complete && img.naturalWidth > 100")
+        assert matrix.count() == 1
+        assert matrix.evaluate("img => img.naturalWidth > 100")
         assert "Validation accuracy" in page.inner_text("main")
+        watch.assert_whole(page)
         page.screenshot(path=str(shots / "model.png"), full_page=True)
+
+        response = page.goto(url + "/no-such-page")
+        assert response.status == 404 and "Not found" in page.inner_text("main")
+        watch.assert_whole(page, expected_status=404)
         browser.close()
-    assert not [e for e in errors if "Content Security Policy" in e]

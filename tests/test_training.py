@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from tests.conftest import SMOKE_CLASSES
+from tests.conftest import ROOT, SMOKE_CLASSES
 from training.imaging import open_image, square_pad
 from training.inference import Predictor
 from training.mistakes import mistake_rows
@@ -277,3 +277,14 @@ def test_bf16_trains_channels_last_and_exports_contiguous(runner, demo_data, tmp
     assert convs and all(w.is_contiguous(memory_format=trained_format) for w in convs)
     exported = [p for p in load_learner(out / "export.pkl").model.parameters() if p.ndim == 4]
     assert all(p.is_contiguous() for p in exported)
+
+
+def test_train_to_a_log_file_prints_one_line_per_epoch_and_no_torch_warning(demo_data, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", "smoke",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "\r" not in output  # no progress-bar redraws when stdout is not a terminal
+    assert "FutureWarning" not in output and "torch.jit.script" not in output
+    assert "  epoch 1: train_loss" in result.stdout, result.stdout

@@ -1,5 +1,6 @@
 """Every route and error through the Flask test client, with real images and the real smoke model."""
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -114,6 +115,26 @@ def test_model_page_shows_the_confusion_matrix(client):
     assert 'id="confusion-matrix"' in html and "frozen-64" in html and "stratocaster" in html
     image = client.get("/model/confusion_matrix.png")
     assert image.status_code == 200 and image.data[:4] == b"\x89PNG"
+
+
+def test_relative_model_path_is_resolved_from_the_working_directory(trained_run, monkeypatch):
+    monkeypatch.chdir(trained_run.parent)
+    monkeypatch.setenv("GUITARS_MODEL", trained_run.name)
+    app = create_app({"TESTING": True})
+    assert app.config["MODEL_PATH"] == str(trained_run)
+    monkeypatch.chdir("/")  # the path was fixed when settings were read; later chdirs don't move it
+    image = app.test_client().get("/model/confusion_matrix.png")
+    assert image.status_code == 200 and image.data[:4] == b"\x89PNG"
+
+
+def test_missing_confusion_matrix_png_is_a_404_and_the_page_keeps_the_table(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "confusion_matrix.png").unlink()
+    client = create_app({"TESTING": True, "MODEL_PATH": str(run)}).test_client()
+    html = client.get("/model").get_data(as_text=True)
+    assert 'id="confusion-matrix"' not in html and 'class="matrix"' in html
+    assert client.get("/model/confusion_matrix.png").status_code == 404
 
 
 def test_html_errors_are_friendly_pages(client):

@@ -44,13 +44,16 @@ def _fail_clearly(func):
               help="auto: bf16 on CPUs with native bf16 units and on CUDA, else fp32.")
 @click.option("--pretrained/--no-pretrained", default=True, show_default=True,
               help="Start from ImageNet weights (random initialisation only when asked for).")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show progress bars (default: when the output is a terminal; else one line per epoch).")
 @_fail_clearly
 def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrained, progress):
     """Train a classifier on DATA with a staged recipe and export it to OUT."""
     from .recipes import load_recipe
     from .runner import TrainOptions, train_recipe
 
+    if progress is None:  # a log file or CI would get a wall of carriage returns from the bars
+        progress = sys.stdout.isatty()
     options = TrainOptions(device=device, precision=precision, pretrained=pretrained, resume=resume,
                            progress=progress)
     report = train_recipe(data_dir, load_recipe(recipe), out_dir, options, echo=click.echo)
@@ -98,7 +101,7 @@ def dataset_check_command(data_dir, as_json):
     """Report class counts, unreadable files and duplicate groups (also across classes)."""
     from .dataset import dataset_report, scan_dataset
 
-    report = dataset_report(scan_dataset(data_dir, progress=not as_json))
+    report = dataset_report(scan_dataset(data_dir, progress=not as_json and sys.stderr.isatty()))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -123,7 +126,7 @@ def dataset_demo_command(out_dir, per_class, size):
     """Draw the synthetic guitar dataset used by `make run` (no downloads)."""
     from .demo import make_demo_dataset
 
-    make_demo_dataset(out_dir, per_class=per_class, size=size)
+    make_demo_dataset(out_dir, per_class=per_class, size=size, progress=sys.stderr.isatty())
     click.echo(f"Demo dataset in {out_dir}")
 
 

@@ -32,8 +32,9 @@ class Prediction:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """Accept a run directory or a .pkl path and return the .pkl path."""
-    path = Path(path)
+    """Accept a run directory or a .pkl path and return the absolute .pkl path (relative to the working directory)."""
+    # absolute(), not resolve(): a symlinked run directory swapped for a new one must still be followed.
+    path = Path(path).expanduser().absolute()
     return path / "export.pkl" if path.is_dir() else path
 
 

@@ -1,12 +1,13 @@
 """HTML pages: upload form, results with heat maps, and the model page."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, render_template, send_file
+from flask import Blueprint, current_app, render_template, send_from_directory
 
 from .api import model_summary
 from .service import classify_request, current_predictor, png_data_uri
 
 bp = Blueprint("pages", __name__)
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 
 
 @bp.get("/")
@@ -30,13 +31,13 @@ def predict():
 @bp.get("/model")
 def model():
     predictor = current_predictor()
-    return render_template("model.html", model=model_summary(predictor), report=predictor.report)
+    has_matrix_png = (predictor.path.parent / CONFUSION_MATRIX_PNG).is_file()
+    return render_template("model.html", model=model_summary(predictor), report=predictor.report,
+                           has_matrix_png=has_matrix_png)
 
 
 @bp.get("/model/confusion_matrix.png")
 def confusion_matrix():
     predictor = current_predictor()
-    path = predictor.path.parent / "confusion_matrix.png"
-    if not path.is_file():
-        abort(404)
-    return send_file(path, mimetype="image/png", max_age=60)
+    # send_from_directory answers 404 for a missing file, even one deleted after the page was rendered.
+    return send_from_directory(predictor.path.parent, CONFUSION_MATRIX_PNG, mimetype="image/png", max_age=60)

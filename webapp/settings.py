@@ -46,7 +46,8 @@ def load_settings(env, instance_dir: Path) -> dict:
     """Flask config keys from an environment mapping."""
     secret = env.get("GUITARS_SECRET_KEY")
     return {
-        "MODEL_PATH": env.get("GUITARS_MODEL", "runs/demo"),
+        # Absolute from here on: Flask resolves relative paths against the app's folder, not the operator's.
+        "MODEL_PATH": str(Path(env.get("GUITARS_MODEL") or "runs/demo").expanduser().absolute()),
         "RUNTIME": _choice(env, "GUITARS_RUNTIME", RUNTIMES),
         "TTA": _choice(env, "GUITARS_TTA", ("off", "flip")),
         "TOP_K": _number(env, "GUITARS_TOP_K", 3),
