@@ -7,7 +7,7 @@ DEMO_DATA := demo_data
 DEMO_RUN := runs/demo
 export FLASK_APP := wsgi
 
-.PHONY: venv run serve demo test test-fast lint browser bench bench-serve bench-train clean
+.PHONY: venv run serve serve-proxy demo test test-fast lint browser proxy bench bench-serve bench-train clean
 
 venv: $(STAMP)
 
@@ -34,11 +34,19 @@ run: $(STAMP) $(DEMO_RUN)/export.pkl
 serve: $(STAMP)
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
+## Production: nginx (buffers slow clients) in front of gunicorn; see deploy/.
+serve-proxy: $(STAMP) proxy
+	deploy/serve.sh
+
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) || \
 		echo "chromium could not be installed: the browser test will be skipped"
 
-test: $(STAMP) browser
+proxy:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -q && apt-get install -y -q nginx-light) || \
+		echo "nginx could not be installed: the deployment tests will be skipped"
+
+test: $(STAMP) browser proxy
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

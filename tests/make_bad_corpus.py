@@ -67,11 +67,44 @@ def exif_rotated() -> bytes:
     return encode(guitar_like(), "JPEG", exif=exif)
 
 
+def many_scan_jpeg(scans: int, side: int = 4000) -> bytes:
+    """A valid progressive JPEG that repeats one tiny refinement scan: libjpeg only warns, and each scan walks
+    every block of the image, so a few kilobytes of scans cost seconds of CPU."""
+    data = encode(Image.new("L", (side, side), 128), "JPEG", progressive=True)
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    end = data.rfind(b"\xff\xd9")
+    last_scan = data[starts[-1]:end]
+    return data[:end] + last_scan * scans + data[end:]
+
+
+def container_with_png(kind: str, png: bytes) -> bytes:
+    """An ICO or ICNS whose directory declares a small icon but whose payload is the given (large) PNG."""
+    if kind == "ico":
+        header = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22)
+        return header + png
+    element = b"ic10" + struct.pack(">I", len(png) + 8) + png
+    return b"icns" + struct.pack(">I", len(element) + 8) + element
+
+
+def other_formats() -> dict[str, bytes]:
+    """Formats Pillow can decode but no phone, camera or browser sends: refused whole."""
+    img = guitar_like()
+    files = {}
+    for name, mode, fmt in [("image.jp2", "RGB", "JPEG2000"), ("image.dds", "RGB", "DDS"), ("image.blp", "P", "BLP"),
+                            ("image.sgi", "RGB", "SGI"), ("image.qoi", "RGB", "QOI"), ("image.tga", "RGB", "TGA"),
+                            ("image.pcx", "RGB", "PCX"), ("image.im", "RGB", "IM"), ("image.msp", "1", "MSP"),
+                            ("image.xbm", "1", "XBM"), ("image.pfm", "F", "PPM"), ("image.ico", "RGB", "ICO"),
+                            ("float.tif", "F", "TIFF")]:
+        files[name] = encode(img.convert(mode), fmt)
+    return files
+
+
 def corpus() -> dict[str, tuple[bytes, int, str]]:
     """file name -> (bytes, expected HTTP status, expected error code or 'ok')."""
     jpeg = encode(guitar_like(), "JPEG", quality=90)
     png = encode(guitar_like(), "PNG")
     ok, unsupported = (200, "ok"), (415, "unsupported_image")
+    big_png = encode(Image.new("1", (12000, 12000)), "PNG", optimize=True)
     files = {
         # Valid images in every awkward form: they must be classified, not rejected.
         "cmyk.jpg": (encode(guitar_like("CMYK"), "JPEG"), *ok),
@@ -115,8 +148,15 @@ def corpus() -> dict[str, tuple[bytes, int, str]]:
         "mp3.jpg": (b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\0" * 100, *unsupported),
         # Too many pixels: refused before decoding.
         "declared_20000x20000.png": (declared_png(20000, 20000), 422, "image_too_large"),
-        "bomb_12000x12000.png": (encode(Image.new("1", (12000, 12000)), "PNG", optimize=True), 422, "image_too_large"),
+        "bomb_12000x12000.png": (big_png, 422, "image_too_large"),
         "wide_100000x500.png": (declared_png(100000, 500), 422, "image_too_large"),
+        # Hostile in the work they cause, not in their size.
+        "line_20000x1.png": (encode(Image.new("RGB", (20000, 1), (9, 9, 9)), "PNG", optimize=True), *ok),
+        "line_1x200000.tif": (encode(Image.new("L", (1, 200000), 9), "TIFF", compression="tiff_deflate"), *ok),
+        "jpeg_300_scans.jpg": (many_scan_jpeg(300), *unsupported),
+        "ico_with_12000x12000_png.ico": (container_with_png("ico", big_png), *unsupported),
+        "icns_with_12000x12000_png.icns": (container_with_png("icns", big_png), *unsupported),
+        **{name: (data, *unsupported) for name, data in other_formats().items()},
     }
     return files
 

@@ -1,4 +1,6 @@
 """Every route and error through the Flask test client, with real images and the real smoke model."""
+import hashlib
+import json
 import re
 import shutil
 
@@ -20,7 +22,7 @@ def post_predict(client, files, **form):
 
 def test_health_and_readiness(client):
     assert client.get("/healthz").json == {"status": "ok"}
-    assert client.get("/readyz").json == {"status": "ready"}
+    assert client.get("/readyz").json["status"] == "ready"
 
 
 def test_api_predicts_top_k_equal_to_the_learner(client, trained_run, demo_data):
@@ -173,11 +175,54 @@ def test_missing_model_is_reported_not_crashed_on(tmp_path):
     assert b"No model is loaded" in client.get("/").data
 
 
-def test_corrupt_model_file_is_not_ready(tmp_path):
-    (tmp_path / "export.pkl").write_bytes(b"this is not a pickle")
-    client = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path)}).test_client()
+def test_corrupt_model_file_is_not_ready_and_no_server_path_is_shown(tmp_path):
+    run = tmp_path / "myrun"
+    run.mkdir()
+    (run / "export.pkl").write_bytes(b"this is not a pickle")
+    client = create_app({"TESTING": True, "MODEL_PATH": str(run)}).test_client()
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "not a loadable fastai learner" in ready.json["reason"]
+    assert "myrun/export.pkl" in ready.json["reason"]
+    for response in (ready, client.get("/"), client.get("/api/v1/model")):
+        assert str(tmp_path) not in response.get_data(as_text=True)
+
+
+def test_readiness_names_the_model_each_worker_serves(client, trained_run):
+    import hashlib
+
+    ready = client.get("/readyz").json
+    expected = hashlib.sha256((trained_run / "export.pkl").read_bytes()).hexdigest()
+    assert ready["model_sha256"] == expected and isinstance(ready["worker"], int)
+    assert client.get("/api/v1/model").json["sha256"] == expected
+
+
+def test_a_new_model_caught_between_its_two_files_is_loaded_once_both_land(trained_run, demo_data, tmp_path):
+    import shutil
+    import time
+
+    from training.fsutil import atomic_path
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(trained_run, old)
+    shutil.copytree(trained_run, new)
+    new_learner = Predictor.load(new, runtime="torch").learn  # a different model: same weights, new bytes
+    new_learner.meta = {**new_learner.meta, "recipe": "retrained"}
+    new_learner.export(new / "export.pkl")
+    report = json.loads((new / "report.json").read_text())
+    report["model_sha256"] = hashlib.sha256((new / "export.pkl").read_bytes()).hexdigest()
+    app = create_app({"TESTING": True, "MODEL_PATH": str(old), "RUNTIME": "torch"})
+    holder = app.extensions["guitars_model"]
+    holder.check_every = 0
+    first = holder.get()
+    with atomic_path(old / "export.pkl") as tmp:  # the order training writes them: the model, then its report
+        shutil.copy(new / "export.pkl", tmp)
+    time.sleep(0.01)
+    assert holder.get() is first and "does not match" in holder.error  # mismatched pair refused, old one kept
+    with atomic_path(old / "report.json") as tmp:
+        tmp.write_text(json.dumps(report))
+    time.sleep(0.01)
+    served = holder.get()
+    assert served is not first and served.sha256 == report["model_sha256"] and served.meta["recipe"] == "retrained"
 
 
 def test_model_file_change_is_picked_up_whole(trained_run, tmp_path, demo_data):
@@ -209,6 +254,17 @@ def test_rate_limit_is_off_by_default_and_429_when_set(trained_run, demo_data):
     assert body["error"]["code"] == "too_many_requests"
 
 
+def test_the_form_and_the_api_share_one_rate_limit(trained_run, demo_data):
+    image = next(demo_data.rglob("*.jpg")).read_bytes()
+    client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "RATE_LIMIT_PER_MINUTE": 3,
+                         "WTF_CSRF_ENABLED": False}).test_client()
+    form = {"file": [upload(image)]}
+    assert client.post("/predict", data=form, content_type="multipart/form-data").status_code == 200
+    assert [post_predict(client, [upload(image)]).status_code for _ in range(2)] == [200, 200]
+    page = client.post("/predict", data={"file": [upload(image)]}, content_type="multipart/form-data")
+    assert page.status_code == 429 and "Too many requests" in page.get_data(as_text=True)
+
+
 def client_after_checking_setting(monkeypatch, trained_run, name, refused, message, accepted):
     """A bad value of a GUITARS_* choice stops the app with `message`; a good one gives a client serving the run."""
     monkeypatch.setenv(name, refused)
@@ -234,3 +290,17 @@ def test_tta_setting_is_checked_and_used(trained_run, demo_data, monkeypatch):
     (result,) = post_predict(client, [upload(path.read_bytes())]).json["results"]
     assert result["predictions"][0]["label"] == expected.labels[0]
     assert result["predictions"][0]["probability"] == pytest.approx(expected.probabilities[0], abs=1e-5)
+
+
+def test_large_uploads_are_never_spooled_to_disk(client, demo_data, monkeypatch):
+    import tempfile
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload touched the disk")
+
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, no_disk)
+    photo = next(demo_data.rglob("*.jpg")).read_bytes()
+    padded = photo + b"\0" * (3 * 1024 * 1024)  # bytes after a JPEG's end are ignored by decoders
+    response = post_predict(client, [upload(padded)])
+    assert response.status_code == 200, response.json

@@ -19,10 +19,25 @@ except ImportError:  # pragma: no cover - optional at import time, pinned in req
 
 # Larger images are refused before decoding: a small file can declare a huge canvas (decompression bomb).
 MAX_PIXELS = 40_000_000
+# Pillow's own guard stays on at our limit: it also covers images nested in containers, which decode before we look.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 PAD_COLOUR = (255, 255, 255)  # product photos are padded with white, so we pad the same way
-# open_image checks the declared size against its own limit before decoding, so Pillow's global guard
-# (which would fire first, with a different limit and message) is switched off in favour of ours.
-Image.MAX_IMAGE_PIXELS = None
+# What phones, cameras and browsers produce; every other parser Pillow has is attack surface nobody asked for.
+# (MPO, the multi-picture JPEG of many phones, opens through the JPEG plugin.)
+Image.init()
+FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF", "BMP", "TIFF") if f in Image.OPEN)
+# Pixel modes those formats decode to; float and exotic modes (scientific TIFF) are refused.
+MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",
+         "I;16N"}
+# Each progressive JPEG scan costs time over every block of the image, whatever its size in bytes: a file repeating
+# a tiny scan thousands of times holds a thread for a minute. Scans x pixels bounds decode time (~1 s here).
+MAX_JPEG_SCAN_PIXELS = 1_000_000_000
+JPEG_SOS = b"\xff\xda"  # start-of-scan marker; entropy-coded data stuffs every 0xFF, so it cannot fake one
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's guard for a configured limit above the default (never lowers it)."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, int(max_pixels))
 
 
 class ImageError(ValueError):
@@ -39,18 +54,21 @@ class ImageTooLarge(ImageError):
 
 def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode a path, bytes or file object into an upright RGB image (first frame, EXIF applied, alpha on white)."""
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
+    data = _read_bytes(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
+            if img.mode not in MODES:
+                raise NotAnImage(f"{img.format} images with {img.mode!r} pixels are not supported")
+            if img.format in ("JPEG", "MPO") and data.count(JPEG_SOS) * width * height > MAX_JPEG_SCAN_PIXELS:
+                raise NotAnImage(f"the JPEG has {data.count(JPEG_SOS)} scans, far more than any camera writes")
             img.seek(0)
             img.load()
-    except ImageTooLarge:
+    except (ImageTooLarge, NotAnImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image declares more pixels than allowed ({exc})") from exc
@@ -63,6 +81,16 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except Exception:  # a broken EXIF block should not cost the user a prediction
         pass
     return to_rgb(img)
+
+
+def _read_bytes(source) -> bytes:
+    """The whole file as bytes, from a path, bytes or a binary file object."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            return fh.read()
+    return source.read()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -82,16 +110,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def square_pad(img: Image.Image, size: int) -> Image.Image:
-    """Pad to a white square (never crop: guitars are long) and resize to `size` x `size`."""
+    """Resize the longer side to `size`, then pad to a white square (never crop: guitars are long)."""
     width, height = img.size
-    if width != height:
-        side = max(width, height)
-        canvas = Image.new("RGB", (side, side), PAD_COLOUR)
-        canvas.paste(img, ((side - width) // 2, (side - height) // 2))
-        img = canvas
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-    return img
+    # Resize first: padding first would build a max(w, h)^2 canvas, 40 GB for a 1x200000 image.
+    if max(width, height) != size:
+        scale = size / max(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        img = img.resize((width, height), Image.BILINEAR, reducing_gap=3.0)
+    if width == height:
+        return img
+    canvas = Image.new("RGB", (size, size), PAD_COLOUR)
+    canvas.paste(img, ((size - width) // 2, (size - height) // 2))
+    return canvas
 
 
 class SquarePad(Transform):

@@ -1,8 +1,11 @@
 """Load an exported learner once and predict fast: batched, no per-call DataLoader, thread-safe, with Grad-CAM."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .fsutil import sha256_file
 from .imaging import square_pad, to_batch
 from .runtimes import RuntimeUnavailable, make_forward
 
@@ -48,6 +50,7 @@ class Predictor:
         self.model = learn.model.eval()
         self.report = report or {}
         self.path = path
+        self.sha256: str | None = None  # of the bytes actually loaded; set by `load`
         meta = getattr(learn, "meta", None) or {}
         self.classes: list[str] = list(meta.get("classes") or learn.dls.vocab)
         self.size: int = int(meta["size"])
@@ -68,8 +71,12 @@ class Predictor:
         from fastai.learner import load_learner
 
         pkl = resolve_model_path(path)
-        if not pkl.is_file():
-            raise ModelLoadError(f"model file {pkl} does not exist; train one with `flask --app wsgi train`")
+        try:
+            blob = pkl.read_bytes()  # hashed and unpickled from the same bytes: no swap can slip in between
+        except FileNotFoundError:
+            raise ModelLoadError(f"model file {pkl} does not exist; train one with `flask --app wsgi train`") from None
+        except OSError as exc:
+            raise ModelLoadError(f"model file {pkl} cannot be read ({exc.strerror})") from exc
         report_path = pkl.parent / "report.json"
         report = {}
         if report_path.exists():
@@ -78,22 +85,23 @@ class Predictor:
             except ValueError as exc:
                 raise ModelLoadError(f"{report_path} is not valid JSON: {exc}") from exc
         expected = report.get("model_sha256")
-        if verify and expected and sha256_file(pkl) != expected:
+        sha256 = hashlib.sha256(blob).hexdigest()
+        if verify and expected and sha256 != expected:
             raise ModelLoadError(f"{pkl} does not match the SHA-256 recorded in {report_path}; refusing to load it")
         try:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                learn = load_learner(pkl, cpu=True)
+                learn = load_learner(io.BytesIO(blob), cpu=True)
         except Exception as exc:  # a truncated or foreign pickle raises many different types
             raise ModelLoadError(f"{pkl} is not a loadable fastai learner ({exc.__class__.__name__}: {exc})") from exc
         if not hasattr(learn, "model") or not hasattr(learn, "dls") or not getattr(learn, "meta", None):
             raise ModelLoadError(f"{pkl} is not a learner exported by this project")
         try:
-            return cls(learn, report, pkl, runtime, tta)
+            predictor = cls(learn, report, pkl, runtime, tta)
         except RuntimeUnavailable as exc:
             raise ModelLoadError(f"{pkl} cannot be served with the {runtime} runtime: {exc}") from exc
+        predictor.sha256 = sha256
+        return predictor
 
     def predict(self, images: list[Image.Image]) -> list[Prediction]:
         """Predict a batch of RGB images in one forward pass."""
@@ -152,5 +160,5 @@ class Predictor:
             "temperature": self.temperature,
             "runtime": self.runtime,
             "tta": "flip" if self.tta else "off",
-            "sha256": self.report.get("model_sha256"),
+            "sha256": self.sha256 or self.report.get("model_sha256"),
         }

@@ -5,16 +5,23 @@ import os
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .requests import InMemoryRequest
 
 
 def create_app(config: dict | None = None) -> Flask:
     """Create the app; settings come from `config`, else GUITARS_* environment variables, else defaults."""
     app = Flask(__name__, template_folder="../templates", static_folder="../static", instance_relative_config=True)
+    app.request_class = InMemoryRequest
     from .settings import load_settings
 
     app.config.update(load_settings(os.environ, Path(app.instance_path)))
     if config:
         app.config.update(config)
+    if app.config.get("PROXY_HOPS"):  # behind nginx (deploy/): the client's address is in X-Forwarded-For
+        hops = app.config["PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     init_app(app)
     return app
 
@@ -22,13 +29,15 @@ def create_app(config: dict | None = None) -> Flask:
 def init_app(app: Flask) -> None:
     """Attach the model holder, blueprints, error handlers and click commands."""
     from training.cli import COMMANDS
+    from training.imaging import allow_pixels
 
     from . import api, errors, pages, security
     from .model import ModelHolder
 
     app.extensions["guitars_model"] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
                                                    tta=app.config["TTA"] == "flip")
-    security.init_app(app)
+    allow_pixels(app.config["MAX_PIXELS"])  # Pillow's own guard must not refuse what the operator allowed
+    security.init_app(app, csrf_exempt=[api.bp])  # the JSON API is cookie-less
     errors.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)

@@ -1,11 +1,12 @@
 """JSON API: predict, model metadata, health and readiness, OpenAPI description."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, send_file
 
-from .security import api_rate_limit, limiter, rate_limit_off
+from .security import limit_model_use
 from .service import classify_request, current_predictor, server_timing_header
 
 bp = Blueprint("api", __name__)
@@ -25,7 +26,7 @@ def model_summary(predictor) -> dict:
 
 
 @bp.post("/api/v1/predict")
-@limiter.limit(api_rate_limit, exempt_when=rate_limit_off)
+@limit_model_use
 def predict():
     predictor, _, results = classify_request()
     response = jsonify({"model": predictor.describe(), "results": results})
@@ -51,7 +52,9 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     holder = current_app.extensions["guitars_model"]
-    if holder.get() is None:
-        return jsonify({"status": "not ready", "reason": holder.error}), 503
-    return jsonify({"status": "ready"})
+    predictor = holder.get()
+    if predictor is None:
+        return jsonify({"status": "not ready", "reason": holder.public_error, "worker": os.getpid()}), 503
+    # Which model this worker serves: during a reload, workers can tell a balancer (and a test) apart.
+    return jsonify({"status": "ready", "model_sha256": predictor.sha256, "worker": os.getpid()})
 

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    """Lazily loads the configured model; reloads it when the file's mtime changes (checked every few seconds)."""
+    """Loads the configured model lazily; reloads it when `export.pkl` or `report.json` changes."""
 
     check_every = 2.0
 
@@ -29,13 +29,19 @@ class ModelHolder:
         self._lock = threading.Lock()
 
     def _file_stamp(self):
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size)
+        stamps = []
+        for path in (self.path, self.path.with_name("report.json")):
+            try:
+                stat = path.stat()
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        return tuple(stamps)
 
     def _load(self) -> None:
+        # A model is the pair export.pkl + report.json. The stamp is taken before reading, so a pair caught
+        # between its two writes (a SHA mismatch, refused) is read again once the second write lands.
         stamp = self._file_stamp()
         try:
             predictor = Predictor.load(self.path, runtime=self.runtime, tta=self.tta)
@@ -47,7 +53,8 @@ class ModelHolder:
                 log.error("keeping the previous model; the new file failed to load: %s", exc)
         else:
             self._predictor, self._error = predictor, None  # one reference swap: readers see old or new
-            log.info("loaded model %s (%s, %s runtime)", self.path, predictor.meta.get("backbone"), predictor.runtime)
+            log.info("loaded model %s (sha256 %s, %s, %s runtime)", self.path, predictor.sha256,
+                     predictor.meta.get("backbone"), predictor.runtime)
         self._stamp, self._attempted = stamp, True
         self._checked = time.monotonic()
 
@@ -63,12 +70,14 @@ class ModelHolder:
                         self._load()
         return self._predictor
 
-    def reload(self) -> None:
-        """Load the file again now (SIGHUP handler)."""
-        with self._lock:
-            self._load()
-
     @property
     def error(self) -> str | None:
-        """Why the model is not (or not the newest) loaded."""
+        """Why the model is not (or not the newest) loaded, for the log: it names server paths."""
         return self._error
+
+    @property
+    def public_error(self) -> str | None:
+        """`error` as clients may see it: the server's folders cut down to the run directory's name."""
+        if self._error is None:
+            return None
+        return self._error.replace(str(self.path.parent), self.path.parent.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template, send_from_directory
 
 from .api import model_summary
+from .security import limit_model_use
 from .service import classify_request, current_predictor, png_data_uri
 
 bp = Blueprint("pages", __name__)
@@ -14,12 +15,13 @@ CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 def index():
     holder = current_app.extensions["guitars_model"]
     predictor = holder.get()
-    return render_template("index.html", predictor=predictor, error=holder.error,
+    return render_template("index.html", predictor=predictor, error=holder.public_error,
                            max_mb=current_app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024),
                            max_files=current_app.config["MAX_FILES"])
 
 
 @bp.post("/predict")
+@limit_model_use
 def predict():
     predictor, uploads, results = classify_request()
     for upload, result in zip(uploads, results):

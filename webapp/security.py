@@ -11,13 +11,17 @@ csrf = CSRFProtect()
 limiter = Limiter(get_remote_address, storage_uri="memory://", default_limits=[])
 
 
-def api_rate_limit() -> str:
+def model_rate_limit() -> str:
     """`GUITARS_RATE_LIMIT` requests per minute per client address; 0 (the default) switches it off."""
     return f"{current_app.config['RATE_LIMIT_PER_MINUTE']}/minute"
 
 
 def rate_limit_off() -> bool:
     return not current_app.config.get("RATE_LIMIT_PER_MINUTE")
+
+
+# One budget per client for every route that runs the model (the API and the form, which also draws heat maps).
+limit_model_use = limiter.shared_limit(model_rate_limit, scope="model", exempt_when=rate_limit_off)
 
 # Only our own assets; inline images are the uploads and heat maps we render as data: URIs.
 CONTENT_SECURITY_POLICY = (
@@ -26,13 +30,12 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def init_app(app: Flask) -> None:
-    """Protect forms (the JSON API is cookie-less, so it is exempt) and add headers."""
+def init_app(app: Flask, csrf_exempt=()) -> None:
+    """Protect forms (cookie-less blueprints such as the JSON API are exempt), rate-limit, and add headers."""
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
     csrf.init_app(app)
-    from . import api
-
-    csrf.exempt(api.bp)
+    for blueprint in csrf_exempt:
+        csrf.exempt(blueprint)
     limiter.init_app(app)
 
     @app.after_request

@@ -17,7 +17,7 @@ def current_predictor() -> Predictor:
     holder = current_app.extensions["guitars_model"]
     predictor = holder.get()
     if predictor is None:
-        raise UploadError(503, "model_unavailable", f"No model is loaded: {holder.error}")
+        raise UploadError(503, "model_unavailable", f"No model is loaded: {holder.public_error}")
     return predictor
 
 

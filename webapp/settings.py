@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from training.runtimes import RUNTIMES
@@ -28,17 +29,21 @@ def _choice(env, name: str, choices: tuple[str, ...]) -> str:
 def development_secret(instance_dir: Path) -> str:
     """A random key generated once into the instance folder, so every worker signs forms alike."""
     path = instance_dir / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    instance_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another worker won the race
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
+    if not path.exists():
+        instance_dir.mkdir(parents=True, exist_ok=True)
+        # Written whole to a private temporary file, then linked into place: link() fails if another worker got
+        # there first, and nobody can ever read a half-written (or empty) key.
+        fd, tmp = tempfile.mkstemp(prefix=".secret_key.", dir=instance_dir)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another worker won the race; its key is complete
+        finally:
+            os.unlink(tmp)
     return path.read_text().strip()
 
 
@@ -56,6 +61,7 @@ def load_settings(env, instance_dir: Path) -> dict:
         "MAX_PIXELS": _number(env, "GUITARS_MAX_PIXELS", 40_000_000),
         "UNSURE_BELOW": _number(env, "GUITARS_UNSURE_BELOW", 0.0, float) or None,
         "RATE_LIMIT_PER_MINUTE": _number(env, "GUITARS_RATE_LIMIT", 0),
+        "PROXY_HOPS": _number(env, "GUITARS_PROXY_HOPS", 0),
         "SECRET_KEY": secret or development_secret(instance_dir),
         "SECRET_KEY_FROM_ENV": bool(secret),
     }

@@ -52,7 +52,7 @@ def read_uploads(files: list[FileStorage], max_files: int, max_pixels: int) -> l
         except NotAnImage as exc:
             raise UploadError(
                 415, "unsupported_image",
-                f"'{name}' is not an image we can read (JPEG, PNG, WebP, GIF, HEIC). {exc}",
+                f"'{name}' is not an image we can read (JPEG, PNG, WebP, GIF, HEIC, AVIF, BMP, TIFF). {exc}",
             ) from exc
         uploads.append(Upload(name, image))
     return uploads

@@ -1,0 +1,63 @@
+"""A training run replaces the served model: every worker serves the new one within 10 s, no request fails."""
+import hashlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, gunicorn_server
+from training.fsutil import atomic_path
+
+
+@pytest.mark.slow
+def test_every_worker_serves_the_new_model_within_10_s(trained_run, demo_data, tmp_path):
+    live, new = tmp_path / "live", tmp_path / "new"
+    shutil.copytree(trained_run, live)
+    trained = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", "smoke",
+                              "--out", str(new)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert trained.returncode == 0, trained.stderr
+    old_sha = hashlib.sha256((live / "export.pkl").read_bytes()).hexdigest()
+    new_sha = hashlib.sha256((new / "export.pkl").read_bytes()).hexdigest()
+    assert old_sha != new_sha
+    photo = next(demo_data.rglob("*.jpg")).read_bytes()
+    failures, stop = [], threading.Event()
+
+    with gunicorn_server(str(live), ROOT, tmp_path / "gunicorn.log") as (url, _):
+        def keep_asking():
+            while not stop.is_set():
+                try:
+                    response = requests.post(url + "/api/v1/predict", files={"file": ("p.jpg", photo)}, timeout=30)
+                    if response.status_code != 200:
+                        failures.append(response.status_code)
+                except requests.RequestException as exc:
+                    failures.append(repr(exc))
+
+        client = threading.Thread(target=keep_asking)
+        client.start()
+        try:
+            # Install the new run in the order training writes it, with a pause in between that every worker's
+            # check (every 2 s) falls into: the model first, then the report that vouches for it.
+            with atomic_path(live / "export.pkl") as tmp:
+                shutil.copyfile(new / "export.pkl", tmp)
+            time.sleep(3)
+            assert requests.get(url + "/readyz", timeout=30).json()["model_sha256"] == old_sha  # mismatch refused
+            with atomic_path(live / "report.json") as tmp:
+                shutil.copyfile(new / "report.json", tmp)
+            installed = time.monotonic()
+            served = {}
+            while time.monotonic() - installed < 10:
+                ready = requests.get(url + "/readyz", timeout=30).json()
+                served[ready["worker"]] = ready["model_sha256"]
+                if len(served) == 2 and set(served.values()) == {new_sha}:
+                    break
+                time.sleep(0.1)
+            elapsed = time.monotonic() - installed
+        finally:
+            stop.set()
+            client.join()
+    assert set(served.values()) == {new_sha} and len(served) == 2, f"after {elapsed:.1f} s workers serve {served}"
+    assert not failures, failures
