@@ -18,16 +18,18 @@ loglevel = os.environ.get("GUITARS_LOG_LEVEL", "info")
 preload_app = False
 
 
-def post_fork(server, worker):
-    """Give each worker its share of the cores (OpenVINO and ONNX Runtime read torch's count) so workers don't fight."""
+def post_worker_init(worker):
+    """Give the worker its share of the cores, then load the model before it takes traffic."""
+    # Here, not in post_fork: until a worker has installed its signal handlers, a stop signal reaches the master's
+    # inherited handler and is lost, and importing torch there kept a starting worker unstoppable for 30 s.
     import torch
 
+    from webapp.model import model_holder
+
+    # OpenVINO and ONNX Runtime read torch's thread count, so workers don't fight over the cores.
     torch.set_num_threads(max(1, multiprocessing.cpu_count() // workers))
     torch.set_num_interop_threads(1)
-
-
-def post_worker_init(worker):
-    """Load the model before taking traffic, so the first request is not slow."""
-    holder = worker.wsgi.extensions.get("guitars_model")
-    if holder is not None:
-        holder.get()
+    with worker.wsgi.app_context():
+        model_holder().get()
+# gunicorn's control socket lives at one path per user: several servers on a machine would fight over it; unused here.
+control_socket_disable = True

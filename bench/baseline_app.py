@@ -6,10 +6,10 @@ from fastai.vision.core import PILImage
 from flask import Flask, jsonify, request
 
 import training.inference  # noqa: F401  (the exported learner pickles references to the project's transforms)
-from training.inference import resolve_model_path
+from training.runfiles import model_file
 
 app = Flask(__name__)
-learn = load_learner(resolve_model_path(os.environ["GUITARS_MODEL"]), cpu=True)
+learn = load_learner(model_file(os.environ["GUITARS_MODEL"]), cpu=True)
 
 
 @app.post("/api/v1/predict")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 minutes on one H200): trains the seed-shaped recipe with offline backbones and prints
+# One prepared GPU check (< 8 minutes on one H200): trains the blog-shaped recipe with offline backbones and prints
 # images/s per stage, peak GPU memory and validation accuracy. Installs nothing from the network: run it where the
 # venv exists, or carry wheels (see the device tool's notes) and install them with --no-index first.
 # Usage: bash bench/gpu_check.sh [DATA_DIR] [RUN_DIR]
@@ -16,9 +16,11 @@ rm -rf "$OUT"
 start=$(date +%s)
 "$PY" -m training train --data "$DATA" --recipe gpu_check --out "$OUT" --device cuda --no-progress
 echo "wall seconds: $(( $(date +%s) - start ))"
-"$PY" - "$OUT/report.json" <<'PYEOF'
-import json, sys
-report = json.load(open(sys.argv[1]))
+"$PY" - "$OUT" <<'PYEOF'
+import sys
+from pathlib import Path
+from training.runfiles import read_report
+report = read_report(Path(sys.argv[1]))
 train = report["dataset"]["train_images"]
 for stage in report["stages"]:
     seconds = sum(row["seconds"] for row in stage["epochs"])

@@ -20,9 +20,9 @@ from fastai.vision.data import ImageBlock
 
 from training.backbones import get_backbone
 from training.dataset import scan_dataset, split_items
+from training.devices import cpu_has_native_bf16
 from training.learner import CPUAutocast, build_learner, make_dataloaders, set_trainable
 from training.recipes import load_recipe
-from training.runner import cpu_has_fast_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "guitars"
@@ -112,7 +112,7 @@ def main() -> None:
     stages = benchmark_stages(recipe)
     backbone, bs = stages[0].backbone, stages[0].bs
     frame, classes = subset_frame(args.data, args.per_class, recipe.seed)
-    bf16 = cpu_has_fast_bf16()
+    bf16 = cpu_has_native_bf16()
     results = {"data": str(args.data), "per_class": args.per_class, "backbone": backbone,
                "sizes": [s.size for s in stages], "threads": torch.get_num_threads()}
     results["ours"] = run("ours (cpu recipe pipeline)", lambda size: make_dataloaders(frame, classes, backbone, size, bs),

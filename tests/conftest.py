@@ -1,22 +1,15 @@
 """Shared fixtures: a small drawn dataset, one real smoke training run, and the Flask app around it."""
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
+from tests.helpers import ROOT, SMOKE_CLASSES, gunicorn_server
 from training.demo import make_demo_dataset
-
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "guitars"
-SMOKE_CLASSES = ["stratocaster", "flying_v", "les_paul"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,8 +38,19 @@ def trained_run(demo_data, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def logged_run(demo_data, tmp_path_factory):
+    """A second smoke run, trained by `python -m training train` with its output going to a pipe, as in a log file."""
+    out = tmp_path_factory.mktemp("runs") / "logged"
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", "smoke",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+@pytest.fixture(scope="session")
 def app(trained_run):
+    """One app (and one model load) for every test that only reads from it."""
     from webapp import create_app
 
     return create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "WTF_CSRF_ENABLED": False})
@@ -60,49 +64,6 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/readyz", timeout=10).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading the model
-            pass
-        time.sleep(0.3)
-    raise AssertionError("gunicorn did not become ready in time")
-
-
-@contextlib.contextmanager
-def gunicorn_server(model: str, cwd: Path, log_path: Path, **env_extra):
-    """A real gunicorn (the repo's gunicorn.conf.py, wsgi:app) started in `cwd`; yields (url, master process)."""
-    port = free_port()
-    env = {**os.environ, "GUITARS_MODEL": model, "GUITARS_BIND": f"127.0.0.1:{port}", "GUITARS_WORKERS": "2",
-           "GUITARS_SECRET_KEY": "test-secret", "PYTHONPATH": str(ROOT), **env_extra}
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    log = open(log_path, "w")
-    proc = subprocess.Popen([str(gunicorn), "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"], cwd=cwd, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, time.monotonic() + 120)
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture

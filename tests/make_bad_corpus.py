@@ -13,13 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from tests.helpers import encode
+
 OUT = Path(__file__).parent / "data" / "bad"
-
-
-def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
 
 
 def guitar_like(mode: str = "RGB", size=(96, 64)) -> Image.Image:

@@ -96,7 +96,7 @@ def test_too_many_files(api, reference):
 
 
 def test_unexpected_errors_are_500_without_a_trace(trained_run):
-    app = create_app({"TESTING": False, "MODEL_PATH": str(trained_run)})
+    app = create_app({"TESTING": False, "MODEL_PATH": str(trained_run), "RUNTIME": "torch"})
 
     @app.get("/api/v1/boom")
     def boom():

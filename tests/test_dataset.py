@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REAL_DATA
+from tests.helpers import REAL_DATA
 from training.dataset import duplicate_groups, scan_dataset, split_items
 
 

@@ -9,10 +9,12 @@ import time
 import pytest
 import torch
 
+from tests.helpers import elastic_recipe
 from training.fsutil import atomic_path
 from webapp import create_app
 
 
+@pytest.mark.slow
 def test_run_killed_between_stages_resumes_to_the_same_files(demo_data, trained_run, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", "smoke",
@@ -56,6 +58,7 @@ def test_atomic_write_gets_the_same_permissions_as_a_plain_write(tmp_path):
     assert (tmp_path / "export.pkl").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
+@pytest.mark.slow
 def test_process_killed_during_export_leaves_the_previous_file(tmp_path):
     target = tmp_path / "export.pkl"
     target.write_bytes(b"previous model")
@@ -84,17 +87,15 @@ def test_bad_model_files_leave_the_app_not_ready(trained_run, tmp_path, content,
         pkl.write_bytes(data[: len(data) // 2])
     else:
         torch.save({"weights": torch.zeros(3)}, pkl)
-    client = create_app({"TESTING": True, "MODEL_PATH": str(pkl)}).test_client()
+    client = create_app({"TESTING": True, "MODEL_PATH": str(pkl), "RUNTIME": "torch"}).test_client()
     ready = client.get("/readyz")
     assert ready.status_code == 503 and reason in ready.json["reason"]
     assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_resumed_run_counts_the_killed_stages_epochs_against_its_budget(demo_data, tmp_path):
-    stage = 'backbone = "efficientnet_lite0"\nsize = 64\nbs = 16\nfrozen = false\nlr = [1e-5, 1e-3]\n'
-    recipe = tmp_path / "elastic.toml"
-    recipe.write_text(f"budget_minutes = 60\nseed = 7\nvalid_pct = 0.25\n[[stages]]\nname = 'fixed'\nepochs = 3\n"
-                      f"{stage}[[stages]]\nname = 'elastic'\nepochs = [1, 2]\n{stage}")
+    recipe = elastic_recipe(tmp_path / "elastic.toml", 60, fixed_epochs=3, elastic_epochs="[1, 2]")
     out = tmp_path / "run"
     command = [sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", str(recipe),
                "--out", str(out), "--no-progress"]

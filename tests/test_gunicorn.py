@@ -1,17 +1,15 @@
 """A real gunicorn on a free loopback port, hit with real uploads; a killed worker is replaced."""
 import os
 import signal
-import subprocess
 import time
 
+import pytest
 import requests
 
-
-def worker_pids(master: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+from tests.helpers import worker_pids
 
 
+@pytest.mark.slow
 def test_gunicorn_serves_predictions_and_survives_a_killed_worker(server, demo_data):
     url, proc, _ = server
     images = sorted(demo_data.rglob("*.jpg"))[:6]

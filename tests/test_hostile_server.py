@@ -10,18 +10,11 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.helpers import proc_kb, worker_pids
 from tests.make_bad_corpus import container_with_png, many_scan_jpeg
-from tests.test_gunicorn import worker_pids
 
 BAD = Path(__file__).parent / "data" / "bad"
 HEADROOM = 2 * 1024**3  # address space a worker may add while serving; a 40 GB canvas can't hide in it
-
-
-def proc_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
 
 
 def generated() -> list[tuple[str, bytes, int]]:

@@ -6,13 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import encode
 from training.imaging import ImageTooLarge, NotAnImage, open_image, square_pad, to_batch
-
-
-def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16", "1"])

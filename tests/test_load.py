@@ -7,19 +7,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.test_gunicorn import worker_pids
+from tests.helpers import proc_kb, worker_pids
 from training.imaging import open_image
 from training.inference import Predictor
 
 BAD = Path(__file__).parent / "data" / "bad"
 CLIENTS, REQUESTS = 16, 240
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.slow
@@ -53,12 +46,12 @@ def test_concurrent_mixed_load(server, trained_run, demo_data):
         return name, response.status_code, response.json(), status
 
     send(jobs[1])  # warm both code paths before measuring memory
-    before = {pid: rss_mb(pid) for pid in worker_pids(proc.pid)}
+    before = {pid: proc_kb(pid, "VmRSS") / 1024 for pid in worker_pids(proc.pid)}
     started = time.monotonic()
     with ThreadPoolExecutor(CLIENTS) as pool:
         outcomes = list(pool.map(send, jobs))
     elapsed = time.monotonic() - started
-    after = {pid: rss_mb(pid) for pid in worker_pids(proc.pid)}
+    after = {pid: proc_kb(pid, "VmRSS") / 1024 for pid in worker_pids(proc.pid)}
 
     assert not [o for o in outcomes if o[1] >= 500 or o[1] < 0]
     for name, status, body, wanted in outcomes:

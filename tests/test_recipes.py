@@ -9,13 +9,14 @@ FAST_STAGE = GOOD_STAGE.replace("lr = 1e-3", 'lr = "fast"')
 
 
 def test_shipped_recipes_parse():
-    assert {"seed", "cpu", "smoke", "demo"} <= set(available_recipes())
+    assert {"blog", "cpu", "smoke", "demo"} <= set(available_recipes())
     for name in available_recipes():
         assert load_recipe(name).stages
 
 
-def test_seed_recipe_is_the_blogs_six_stages():
-    stages = load_recipe("seed").stages
+def test_blog_recipe_is_the_blogs_six_stages_and_keeps_its_old_name():
+    assert load_recipe("seed") == load_recipe("blog")
+    stages = load_recipe("blog").stages
     shape = [(s.backbone, s.size, s.bs, s.frozen, s.epochs, s.lr) for s in stages]
     assert shape == [
         ("resnet34", 224, 64, True, 5, 1e-2),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.devices import cpu_has_native_bf16
 from training.imaging import open_image
 from training.inference import Predictor
 from training.runtimes import (
@@ -12,7 +13,6 @@ from training.runtimes import (
     BF16_MAX_PROBABILITY_DIFFERENCE,
     RuntimeUnavailable,
     agreement,
-    cpu_has_native_bf16,
     guarded_forward,
     make_forward,
     torch_forward,
@@ -38,8 +38,14 @@ def images(demo_data):
     return [open_image(p) for p in sorted(demo_data.rglob("*.jpg"))]
 
 
-def test_auto_picks_openvino(trained_run):
-    assert Predictor.load(trained_run).runtime == ("openvino-bf16" if cpu_has_native_bf16() else "openvino")
+@needs_bf16
+def test_auto_picks_openvino_bf16_where_the_cpu_has_native_bf16(trained_run):
+    assert Predictor.load(trained_run).runtime == "openvino-bf16"
+
+
+@pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU has native bf16, where auto picks openvino-bf16")
+def test_auto_picks_openvino_fp32_without_native_bf16(trained_run):
+    assert Predictor.load(trained_run).runtime == "openvino"
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnx"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from tests.conftest import ROOT, SMOKE_CLASSES
+from tests.helpers import SMOKE_CLASSES, elastic_recipe
 from training.imaging import open_image, square_pad
 from training.inference import Predictor
 from training.mistakes import mistake_rows
@@ -65,6 +65,7 @@ def test_mistake_rows_put_the_most_confidently_wrong_first():
     assert rows[0] == {"file": "d", "label": "x", "predicted": "y", "p_predicted": 0.95, "p_label": 0.05}
 
 
+@pytest.mark.slow
 def test_export_loads_in_a_process_that_imports_only_the_inference_module(trained_run, demo_data):
     image = next((demo_data / "flying_v").glob("*.jpg"))
     code = textwrap.dedent(f"""
@@ -90,7 +91,7 @@ def test_fast_path_equals_learn_predict(trained_run, demo_data):
         assert served.argmax() == expected.argmax()
 
 
-def test_split_is_saved_and_duplicate_free(trained_run):
+def test_split_is_saved_with_its_seed_and_both_sides(trained_run):
     split = json.loads((trained_run / "split.json").read_text())
     assert split["seed"] == 7
     assert any(r["is_valid"] for r in split["items"]) and not all(r["is_valid"] for r in split["items"])
@@ -101,6 +102,7 @@ def test_existing_run_is_not_overwritten_without_resume(runner, trained_run, dem
     assert result.exit_code == 1 and "--resume" in result.output
 
 
+@pytest.mark.slow
 def test_resume_skips_completed_stages_and_finishes(runner, trained_run, demo_data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -127,13 +129,10 @@ def test_resume_skips_completed_stages_and_finishes(runner, trained_run, demo_da
     assert again.exit_code == 0 and "already complete" in again.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget, epochs", [(60, 3), (1, 1)])
 def test_elastic_last_stage_runs_as_many_epochs_as_the_budget_allows(runner, demo_data, tmp_path, budget, epochs):
-    stage = 'backbone = "efficientnet_lite0"\nsize = 64\nbs = 16\nfrozen = false\nlr = [1e-5, 1e-3]\n'
-    recipe = tmp_path / "elastic.toml"
-    recipe.write_text(f"budget_minutes = {budget}\nseed = 7\nvalid_pct = 0.25\n"
-                      f"[[stages]]\nname = 'fixed'\nepochs = 1\n{stage}"
-                      f"[[stages]]\nname = 'elastic'\nsize = 80\nepochs = [1, 3]\n{stage.replace('size = 64', '')}")
+    recipe = elastic_recipe(tmp_path / "elastic.toml", budget, fixed_epochs=1, elastic_epochs="[1, 3]", elastic_size=80)
     result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe),
                                  "--out", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -147,7 +146,7 @@ def test_elastic_last_stage_runs_as_many_epochs_as_the_budget_allows(runner, dem
     assert f"-> {epochs} epochs" in result.output and f"{epochs} epochs, lr" in result.output
 
     from webapp import create_app
-    page = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path / "run")}).test_client().get("/model")
+    page = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path / "run"), "RUNTIME": "torch"}).test_client().get("/model")
     assert page.status_code == 200
     assert f"elastic: {epochs} epoch{'s' if epochs != 1 else ''}, as many as fit" in page.get_data(as_text=True)
 
@@ -214,7 +213,9 @@ def test_grad_cam_points_somewhere(trained_run, demo_data):
     image = open_image(next((demo_data / "les_paul").glob("*.jpg")))
     cam = predictor.grad_cam(image, "les_paul")
     assert cam.ndim == 2 and 0 <= cam.min() and cam.max() <= 1
-    overlay = predictor.heat_map(image, "les_paul")
+    from webapp.heatmap import heat_map
+
+    overlay = heat_map(predictor, image, "les_paul")
     assert overlay.size == (predictor.size, predictor.size)
 
 
@@ -230,6 +231,7 @@ def _train_one_stage(runner, demo_data, tmp_path, name: str, settings: str, *opt
     return result, out
 
 
+@pytest.mark.slow
 def test_lr_find_stage_saves_its_plot_and_uses_the_suggestion(runner, demo_data, tmp_path):
     result, out = _train_one_stage(runner, demo_data, tmp_path, "find-64", 'frozen = true\nepochs = 1\nlr = "find"\n')
     assert (out / "lr_find-find-64.png").read_bytes()[:4] == b"\x89PNG"
@@ -252,6 +254,7 @@ def test_frozen_stage_without_train_bn_changes_only_the_head(trained_run):
     assert any(_changed(pretrained.head, state, "1.").values())
 
 
+@pytest.mark.slow
 def test_frozen_groups_keep_the_early_blocks_as_pretrained(runner, demo_data, tmp_path):
     from training.learner import build_model, three_groups
 
@@ -266,6 +269,7 @@ def test_frozen_groups_keep_the_early_blocks_as_pretrained(runner, demo_data, tm
     assert not all(torch.equal(a, b) for a, b in zip(late, late_after))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, trained_format", [("bf16", torch.channels_last), ("fp32", torch.contiguous_format)])
 def test_bf16_trains_channels_last_and_exports_contiguous(runner, demo_data, tmp_path, precision, trained_format):
     from fastai.learner import load_learner
@@ -279,11 +283,9 @@ def test_bf16_trains_channels_last_and_exports_contiguous(runner, demo_data, tmp
     assert all(p.is_contiguous() for p in exported)
 
 
-def test_train_to_a_log_file_prints_one_line_per_epoch_and_no_torch_warning(demo_data, tmp_path):
-    out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(demo_data), "--recipe", "smoke",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
+@pytest.mark.slow
+def test_train_to_a_log_file_prints_one_line_per_epoch_and_no_torch_warning(logged_run):
+    _, result = logged_run
     output = result.stdout + result.stderr
     assert "\r" not in output  # no progress-bar redraws when stdout is not a terminal
     assert "FutureWarning" not in output and "torch.jit.script" not in output

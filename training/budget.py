@@ -59,7 +59,11 @@ def _seconds_per_batch(loader, step, device_type: str, warmup: int, timed: int) 
     return (time.perf_counter() - start) / (count - warmup)
 
 
-def probe_epoch(learn, autocast_dtype: torch.dtype | None = None, warmup: int = 2, timed: int = 4) -> EpochProbe:
+PROBE_WARMUP_BATCHES, PROBE_TIMED_BATCHES = 2, 4  # untimed (allocations, caches) then timed, per loader
+
+
+def probe_epoch(learn, autocast_dtype: torch.dtype | None = None, warmup: int = PROBE_WARMUP_BATCHES,
+                timed: int = PROBE_TIMED_BATCHES) -> EpochProbe:
     """Time real training (forward and backward) and validation batches of `learn`; its weights end as they began."""
     model, device_type = learn.model, learn.dls.device.type
     # No optimizer step, so no weight moves, but BatchNorm's running statistics do: put them back afterwards.

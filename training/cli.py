@@ -10,6 +10,7 @@ import click
 from .backbones import WeightsUnavailable
 from .dataset import DatasetError
 from .recipes import RecipeError, available_recipes
+from .runfiles import EXPORT
 
 USER_ERRORS = (RecipeError, DatasetError, WeightsUnavailable)
 
@@ -20,12 +21,13 @@ def _fail_clearly(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from .devices import DeviceError
         from .inference import ModelLoadError
-        from .runner import RunError
+        from .runstate import RunError
 
         try:
             return func(*args, **kwargs)
-        except (*USER_ERRORS, RunError, ModelLoadError) as exc:
+        except (*USER_ERRORS, RunError, DeviceError, ModelLoadError) as exc:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
@@ -58,7 +60,7 @@ def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrain
                            progress=progress)
     report = train_recipe(data_dir, load_recipe(recipe), out_dir, options, echo=click.echo)
     if report:  # empty on the non-zero ranks of a distributed run, which write and print nothing
-        click.echo(f"Exported {out_dir / 'export.pkl'}")
+        click.echo(f"Exported {out_dir / EXPORT}")
 
 
 @click.command("evaluate")

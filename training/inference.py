@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import threading
 import warnings
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imaging import square_pad, to_batch
+from .imaging import to_batch
+from .runfiles import REPORT, RunFileError, check_meta, model_file, read_report
 from .runtimes import RuntimeUnavailable, make_forward
 
 
@@ -31,13 +31,6 @@ class Prediction:
     def top(self, k: int) -> list[tuple[str, float]]:
         """The `k` most likely classes with their probabilities."""
         return list(zip(self.labels[:k], self.probabilities[:k]))
-
-
-def resolve_model_path(path: str | Path) -> Path:
-    """Accept a run directory or a .pkl path and return the absolute .pkl path (relative to the working directory)."""
-    # absolute(), not resolve(): a symlinked run directory swapped for a new one must still be followed.
-    path = Path(path).expanduser().absolute()
-    return path / "export.pkl" if path.is_dir() else path
 
 
 class Predictor:
@@ -70,32 +63,33 @@ class Predictor:
         """
         from fastai.learner import load_learner
 
-        pkl = resolve_model_path(path)
+        pkl = model_file(path)
         try:
             blob = pkl.read_bytes()  # hashed and unpickled from the same bytes: no swap can slip in between
         except FileNotFoundError:
             raise ModelLoadError(f"model file {pkl} does not exist; train one with `flask --app wsgi train`") from None
         except OSError as exc:
             raise ModelLoadError(f"model file {pkl} cannot be read ({exc.strerror})") from exc
-        report_path = pkl.parent / "report.json"
-        report = {}
-        if report_path.exists():
-            try:
-                report = json.loads(report_path.read_text())
-            except ValueError as exc:
-                raise ModelLoadError(f"{report_path} is not valid JSON: {exc}") from exc
+        try:
+            report = read_report(pkl.parent)
+        except RunFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
         expected = report.get("model_sha256")
         sha256 = hashlib.sha256(blob).hexdigest()
         if verify and expected and sha256 != expected:
-            raise ModelLoadError(f"{pkl} does not match the SHA-256 recorded in {report_path}; refusing to load it")
+            raise ModelLoadError(f"{pkl} does not match the SHA-256 recorded in {pkl.parent / REPORT}; refusing to load it")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 learn = load_learner(io.BytesIO(blob), cpu=True)
         except Exception as exc:  # a truncated or foreign pickle raises many different types
             raise ModelLoadError(f"{pkl} is not a loadable fastai learner ({exc.__class__.__name__}: {exc})") from exc
-        if not hasattr(learn, "model") or not hasattr(learn, "dls") or not getattr(learn, "meta", None):
+        if not hasattr(learn, "model") or not hasattr(learn, "dls"):
             raise ModelLoadError(f"{pkl} is not a learner exported by this project")
+        try:
+            check_meta(getattr(learn, "meta", None), pkl)
+        except RunFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
         try:
             predictor = cls(learn, report, pkl, runtime, tta)
         except RuntimeUnavailable as exc:
@@ -129,25 +123,14 @@ class Predictor:
         batch = to_batch([image], self.size, self.mean, self.std)
         with self._cam_lock, torch.enable_grad():
             with torch.no_grad():
-                features = self.model[0](batch)
+                features = self.model.body(batch)
             features = features.detach().requires_grad_(True)
-            score = self.model[1](features)[0, index]
+            score = self.model.head(features)[0, index]
             (grads,) = torch.autograd.grad(score, features)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = torch.relu((weights * features.detach()).sum(dim=1))[0].numpy()
         top = cam.max()
         return cam / top if top > 0 else cam
-
-    def heat_map(self, image: Image.Image, label: str, alpha: float = 0.5) -> Image.Image:
-        """The square-padded photo with its Grad-CAM for `label` blended over it."""
-        from matplotlib import colormaps
-
-        cam = self.grad_cam(image, label)
-        base = square_pad(image, self.size)
-        cam_img = Image.fromarray(np.uint8(cam * 255)).resize(base.size, Image.BICUBIC)
-        coloured = colormaps["jet"](np.asarray(cam_img) / 255.0)[..., :3]
-        blend = (1 - alpha) * np.asarray(base, dtype=np.float32) / 255.0 + alpha * coloured
-        return Image.fromarray(np.uint8(np.clip(blend, 0, 1) * 255))
 
     def describe(self) -> dict:
         """What is loaded, for pages and the API."""

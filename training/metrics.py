@@ -41,11 +41,15 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: list
     }
 
 
+# The confusion matrix figure grows with the class count so labels and counts stay legible.
+MATRIX_MIN_INCHES, MATRIX_INCHES_PER_CLASS, MATRIX_MARGIN_INCHES, MATRIX_DPI = 5.0, 0.55, 2.5, 100
+
+
 def plot_confusion_matrix(matrix, classes: list[str], path, title: str = "Validation confusion matrix") -> None:
     """Write the confusion matrix as a PNG, counts in each cell, atomically."""
     matrix = np.asarray(matrix)
-    size = max(5.0, 0.55 * len(classes) + 2.5)
-    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    size = max(MATRIX_MIN_INCHES, MATRIX_INCHES_PER_CLASS * len(classes) + MATRIX_MARGIN_INCHES)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=MATRIX_DPI)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
     ax.set_yticks(range(len(classes)), classes)

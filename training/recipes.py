@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .backbones import BACKBONES
@@ -21,10 +21,10 @@ class Stage:
     name: str
     backbone: str
     size: int
-    bs: int
     frozen: bool
     epochs: int | tuple[int, int]   # [low, high]: as many as the recipe's time budget leaves room for
     lr: float | tuple[float, float] | str
+    bs: int = 64
     label_smoothing: float = 0.0
     augment: bool = True
     frozen_groups: int = 0   # unfrozen stages: parameter groups, from the input, that stay frozen
@@ -68,9 +68,17 @@ class Recipe:
         return data
 
 
+# The dataclasses' defaults are the only ones: the parser reads them from here.
+STAGE_DEFAULTS = {f.name: f.default for f in fields(Stage) if f.default is not MISSING}
+RECIPE_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
+
 _STAGE_KEYS = {"name", "backbone", "size", "bs", "frozen", "epochs", "lr", "label_smoothing", "augment",
                "frozen_groups", "train_bn"}
 _RECIPE_KEYS = {"description", "valid_pct", "seed", "budget_minutes", "stages"}
+
+
+# Old names that still work: `seed` was the blog's recipe, easily confused with a recipe's split `seed`.
+RECIPE_ALIASES = {"seed": "blog"}
 
 
 def available_recipes() -> list[str]:
@@ -78,7 +86,7 @@ def available_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
 
 
-def _number(value, what: str, where: str, kind=float, minimum=None, maximum=None):
+def _recipe_number(value, what: str, where: str, kind=float, minimum=None, maximum=None):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise RecipeError(f"{where}: {what} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
@@ -92,13 +100,13 @@ def _parse_lr(value, where: str):
     if isinstance(value, list):
         if len(value) != 2:
             raise RecipeError(f"{where}: lr as a list must be [low, high], got {value!r}")
-        low, high = (_number(v, "lr", where, minimum=0) for v in value)
+        low, high = (_recipe_number(v, "lr", where, minimum=0) for v in value)
         if not 0 < low <= high:
             raise RecipeError(f"{where}: lr range needs 0 < low <= high, got {value!r}")
         return (low, high)
     if isinstance(value, str):
         raise RecipeError(f"{where}: lr must be a number, [low, high] or \"find\", got {value!r}")
-    lr = _number(value, "lr", where, minimum=0)
+    lr = _recipe_number(value, "lr", where, minimum=0)
     if lr <= 0:
         raise RecipeError(f"{where}: lr must be positive")
     return lr
@@ -108,11 +116,11 @@ def _parse_epochs(value, where: str):
     if isinstance(value, list):
         if len(value) != 2:
             raise RecipeError(f"{where}: epochs as a list must be [low, high], got {value!r}")
-        low, high = (_number(v, "epochs", where, int, 1, 1000) for v in value)
+        low, high = (_recipe_number(v, "epochs", where, int, 1, 1000) for v in value)
         if low > high:
             raise RecipeError(f"{where}: epochs range needs low <= high, got {value!r}")
         return (low, high)
-    return _number(value, "epochs", where, int, 1, 1000)
+    return _recipe_number(value, "epochs", where, int, 1, 1000)
 
 
 def _check_elastic(stages: tuple[Stage, ...], budget: float | None, source: str) -> None:
@@ -142,24 +150,26 @@ def _parse_stage(raw: dict, index: int, source: str) -> Stage:
     if not isinstance(raw["frozen"], bool):
         raise RecipeError(f"{where}: frozen must be true or false, got {raw['frozen']!r}")
     for flag in ("augment", "train_bn"):
-        if not isinstance(raw.get(flag, True), bool):
+        if not isinstance(raw.get(flag, STAGE_DEFAULTS[flag]), bool):
             raise RecipeError(f"{where}: {flag} must be true or false")
     # Two groups are body parts (early, late) and one is the head; keeping both body groups frozen is `frozen = true`.
-    frozen_groups = _number(raw.get("frozen_groups", 0), "frozen_groups", where, int, 0, 1)
+    frozen_groups = _recipe_number(raw.get("frozen_groups", STAGE_DEFAULTS["frozen_groups"]), "frozen_groups", where,
+                                   int, 0, 1)
     if raw["frozen"] and frozen_groups:
         raise RecipeError(f"{where}: frozen_groups only applies to unfrozen stages (frozen = false)")
     return Stage(
         name=str(raw.get("name", f"stage{index + 1}")),
         backbone=backbone,
-        size=_number(raw.get("size", BACKBONES[backbone].default_size), "size", where, int, 32, 1024),
-        bs=_number(raw.get("bs", 64), "bs", where, int, 1, 4096),
+        size=_recipe_number(raw.get("size", BACKBONES[backbone].default_size), "size", where, int, 32, 1024),
+        bs=_recipe_number(raw.get("bs", STAGE_DEFAULTS["bs"]), "bs", where, int, 1, 4096),
         frozen=raw["frozen"],
         epochs=_parse_epochs(raw["epochs"], where),
         lr=_parse_lr(raw["lr"], where),
-        label_smoothing=_number(raw.get("label_smoothing", 0.0), "label_smoothing", where, float, 0.0, 0.5),
-        augment=raw.get("augment", True),
+        label_smoothing=_recipe_number(raw.get("label_smoothing", STAGE_DEFAULTS["label_smoothing"]),
+                                       "label_smoothing", where, float, 0.0, 0.5),
+        augment=raw.get("augment", STAGE_DEFAULTS["augment"]),
         frozen_groups=frozen_groups,
-        train_bn=raw.get("train_bn", True),
+        train_bn=raw.get("train_bn", STAGE_DEFAULTS["train_bn"]),
     )
 
 
@@ -178,7 +188,7 @@ def parse_recipe(text: str, name: str, source: str = "<string>") -> Recipe:
     parsed = tuple(_parse_stage(stage, i, source) for i, stage in enumerate(stages))
     budget = raw.get("budget_minutes")
     if budget is not None:
-        budget = _number(budget, "budget_minutes", source, float, 1, 100000)
+        budget = _recipe_number(budget, "budget_minutes", source, float, 1, 100000)
     _check_elastic(parsed, budget, source)
     names = [s.name for s in parsed]
     if len(set(names)) != len(names):
@@ -187,8 +197,8 @@ def parse_recipe(text: str, name: str, source: str = "<string>") -> Recipe:
         name=name,
         description=str(raw.get("description", "")),
         stages=parsed,
-        valid_pct=_number(raw.get("valid_pct", 0.2), "valid_pct", source, float, 0.01, 0.9),
-        seed=_number(raw.get("seed", 42), "seed", source, int),
+        valid_pct=_recipe_number(raw.get("valid_pct", RECIPE_DEFAULTS["valid_pct"]), "valid_pct", source, float, 0.01, 0.9),
+        seed=_recipe_number(raw.get("seed", RECIPE_DEFAULTS["seed"]), "seed", source, int),
         budget_minutes=budget,
         source=source,
     )
@@ -198,7 +208,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     """Load a shipped recipe by name, or any recipe file by path."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
-        path = RECIPE_DIR / f"{name_or_path}.toml"
+        path = RECIPE_DIR / f"{RECIPE_ALIASES.get(name_or_path, name_or_path)}.toml"
         if not path.exists():
             raise RecipeError(f"no recipe named {name_or_path!r}; shipped recipes: {', '.join(available_recipes())}")
     try:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .devices import cpu_has_native_bf16
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "openvino-bf16", "openvino", "onnx", "torch")
@@ -17,13 +19,11 @@ RUNTIMES = ("auto", "openvino-bf16", "openvino", "onnx", "torch")
 FAST_RUNTIMES = ("openvino-bf16", "openvino", "onnx")
 # An fp32 runtime's softmax may differ from PyTorch's on the same input by float rounding only.
 MAX_PROBABILITY_DIFFERENCE = 1e-3
-# bf16 moves the gap between two logits by up to 2.32 (max over 1,531 validation photos of the guitar models of runs
-# D and E; 99th percentile 1.54). A bf16 answer is kept only when its top probability is at least this, i.e. every
-# other logit is at least ln(0.99 / 0.01) = 4.6 below the top one: with shifts no larger than those seen, fp32 then has
-# the same top-1 with a top probability of at least 0.90 (0.97 measured), so the "not sure" flag holds too.
-# Anything less confident is recomputed in fp32.
+# A bf16 answer is kept only when its top probability is at least this, i.e. every other logit is 4.6 or more below
+# the top one: twice the largest shift bf16 caused between two logits on real photos (docs/experiments.md, "bf16
+# serving"), so fp32 would give the same top-1 and "not sure" flag. Anything less confident is recomputed in fp32.
 BF16_CONFIDENT = 0.99
-# What bf16 may still move a shown probability by on a confident prediction (0.09 by the bound above, 0.023 seen).
+# What bf16 may still move a shown probability by on a confident prediction (bounded by the margin above).
 BF16_MAX_PROBABILITY_DIFFERENCE = 0.1
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -109,11 +109,6 @@ def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFI
         return logits
 
     return forward
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin runs bf16 natively here (AMX or avx512_bf16)."""
-    return "BF16" in _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def openvino_bf16_forward(graph: bytes, threads: int) -> Forward:

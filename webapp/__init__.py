@@ -10,15 +10,17 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .requests import InMemoryRequest
 
 
-def create_app(config: dict | None = None) -> Flask:
-    """Create the app; settings come from `config`, else GUITARS_* environment variables, else defaults."""
+def create_app(test_config: dict | None = None) -> Flask:
+    """Create the app from GUITARS_* environment variables, or (as in flaskr) from `test_config` over the defaults."""
     app = Flask(__name__, template_folder="../templates", static_folder="../static", instance_relative_config=True)
     app.request_class = InMemoryRequest
     from .settings import load_settings
 
-    app.config.update(load_settings(os.environ, Path(app.instance_path)))
-    if config:
-        app.config.update(config)
+    if test_config is None:
+        app.config.update(load_settings(os.environ, Path(app.instance_path)))
+    else:  # a test's app reads no environment and writes nothing into the checkout
+        app.config.update(load_settings({}))
+        app.config.update(test_config)
     if app.config.get("PROXY_HOPS"):  # behind nginx (deploy/): the client's address is in X-Forwarded-For
         hops = app.config["PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
@@ -32,9 +34,9 @@ def init_app(app: Flask) -> None:
     from training.imaging import allow_pixels
 
     from . import api, errors, pages, security
-    from .model import ModelHolder
+    from .model import EXTENSION, ModelHolder
 
-    app.extensions["guitars_model"] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
+    app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
                                                    tta=app.config["TTA"] == "flip")
     allow_pixels(app.config["MAX_PIXELS"])  # Pillow's own guard must not refuse what the operator allowed
     security.init_app(app, csrf_exempt=[api.bp])  # the JSON API is cookie-less

@@ -4,25 +4,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, send_file
+from flask import Blueprint, jsonify, send_file
 
+from .model import model_holder
 from .security import limit_model_use
-from .service import classify_request, current_predictor, server_timing_header
+from .service import classify_request, current_predictor, model_summary, server_timing_header
 
 bp = Blueprint("api", __name__)
 OPENAPI = Path(__file__).with_name("openapi.json")
-
-
-def model_summary(predictor) -> dict:
-    """Metadata and validation metrics of the loaded model."""
-    report = predictor.report
-    validation = report.get("validation", {})
-    return {
-        **predictor.describe(),
-        "validation": {k: validation.get(k) for k in ("accuracy", "macro_f1", "n", "per_class",
-                                                       "confusion_matrix", "most_confused")},
-        "unsure_below": report.get("unsure_below"),
-    }
 
 
 @bp.post("/api/v1/predict")
@@ -51,7 +40,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    holder = current_app.extensions["guitars_model"]
+    holder = model_holder()
     predictor = holder.get()
     if predictor is None:
         return jsonify({"status": "not ready", "reason": holder.public_error, "worker": os.getpid()}), 503

@@ -6,6 +6,8 @@ import logging
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from .service import ModelUnavailable
+from .settings import MEGABYTE
 from .uploads import UploadError
 
 log = logging.getLogger(__name__)
@@ -16,7 +18,8 @@ TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: 
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path in ("/healthz", "/readyz")
+    """JSON for the API blueprint's routes (health checks included) and for any unknown path under /api/."""
+    return request.blueprint == "api" or request.path.startswith("/api/")
 
 
 def error_response(status: int, code: str, message: str):
@@ -29,14 +32,15 @@ def init_app(app: Flask) -> None:
     """Register the handlers."""
 
     @app.errorhandler(UploadError)
-    def upload_error(exc: UploadError):
+    @app.errorhandler(ModelUnavailable)
+    def refused(exc: UploadError | ModelUnavailable):
         return error_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         status = exc.code or 500
         if status == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
+            limit = app.config["MAX_CONTENT_LENGTH"] / MEGABYTE
             return error_response(413, "too_large", f"The upload is larger than the {limit:g} MB limit.")
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(status, code, exc.description or TITLES.get(status, "Error"))

@@ -6,9 +6,13 @@ import threading
 import time
 from pathlib import Path
 
-from training.inference import ModelLoadError, Predictor, resolve_model_path
+from flask import current_app
+
+from training.inference import ModelLoadError, Predictor
+from training.runfiles import REPORT, model_file
 
 log = logging.getLogger(__name__)
+EXTENSION = "guitars_model"  # the holder's key in app.extensions; read it through model_holder()
 
 
 class ModelHolder:
@@ -18,7 +22,7 @@ class ModelHolder:
 
     def __init__(self, path: str | Path, runtime: str = "auto", tta: bool = False):
         # The path comes from configuration only; requests can never choose what is unpickled.
-        self.path = resolve_model_path(path)
+        self.path = model_file(path)
         self.runtime = runtime
         self.tta = tta
         self._predictor: Predictor | None = None
@@ -30,7 +34,7 @@ class ModelHolder:
 
     def _file_stamp(self):
         stamps = []
-        for path in (self.path, self.path.with_name("report.json")):
+        for path in (self.path, self.path.with_name(REPORT)):
             try:
                 stat = path.stat()
             except OSError:
@@ -81,3 +85,8 @@ class ModelHolder:
         if self._error is None:
             return None
         return self._error.replace(str(self.path.parent), self.path.parent.name)
+
+
+def model_holder() -> ModelHolder:
+    """The current app's model holder (as flaskr's `get_db()` is its database)."""
+    return current_app.extensions[EXTENSION]

@@ -3,20 +3,24 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, send_from_directory
 
-from .api import model_summary
+from training.runfiles import CONFUSION_MATRIX_PNG
+
+from .heatmap import heat_map
+from .model import model_holder
 from .security import limit_model_use
-from .service import classify_request, current_predictor, png_data_uri
+from .service import classify_request, current_predictor, model_summary, png_data_uri
+from .settings import MEGABYTE
 
 bp = Blueprint("pages", __name__)
-CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+THUMBNAIL_SIDE = 320  # pixels: the uploaded photo as shown beside its heat map
 
 
 @bp.get("/")
 def index():
-    holder = current_app.extensions["guitars_model"]
+    holder = model_holder()
     predictor = holder.get()
     return render_template("index.html", predictor=predictor, error=holder.public_error,
-                           max_mb=current_app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024),
+                           max_mb=current_app.config["MAX_CONTENT_LENGTH"] / MEGABYTE,
                            max_files=current_app.config["MAX_FILES"])
 
 
@@ -25,8 +29,8 @@ def index():
 def predict():
     predictor, uploads, results = classify_request()
     for upload, result in zip(uploads, results):
-        result["thumbnail"] = png_data_uri(upload.image, max_side=320)
-        result["heat_map"] = png_data_uri(predictor.heat_map(upload.image, result["predictions"][0]["label"]))
+        result["thumbnail"] = png_data_uri(upload.image, max_side=THUMBNAIL_SIDE)
+        result["heat_map"] = png_data_uri(heat_map(predictor, upload.image, result["predictions"][0]["label"]))
     return render_template("results.html", results=results, predictor=predictor)
 
 

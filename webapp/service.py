@@ -1,4 +1,4 @@
-"""Prediction results as plain data for the API and the pages."""
+"""Prediction results and model facts as plain data for the API and the pages."""
 from __future__ import annotations
 
 import base64
@@ -9,29 +9,54 @@ from flask import current_app, g, request
 
 from training.inference import Predictor
 
-from .uploads import Upload, UploadError, parse_top_k, read_uploads
+from .model import model_holder
+from .uploads import Upload, parse_top_k, read_uploads
+
+DEFAULT_UNSURE_BELOW = 0.5  # for a model whose report has no fitted threshold
+
+
+class ModelUnavailable(Exception):
+    """No model is loaded (503); the reason is safe to show."""
+
+    status, code = 503, "model_unavailable"
+
+    def __init__(self, reason: str | None):
+        self.message = f"No model is loaded: {reason}"
+        super().__init__(self.message)
 
 
 def current_predictor() -> Predictor:
     """The loaded model, or a 503 explaining why there is none."""
-    holder = current_app.extensions["guitars_model"]
+    holder = model_holder()
     predictor = holder.get()
     if predictor is None:
-        raise UploadError(503, "model_unavailable", f"No model is loaded: {holder.public_error}")
+        raise ModelUnavailable(holder.public_error)
     return predictor
 
 
-def unsure_threshold(predictor: Predictor) -> float:
-    """Below this top probability we say the model is not sure: configured, else from the run's report, else 0.5."""
+def shown_unsure_below(predictor: Predictor) -> float:
+    """Top probability below which the answer is shown as "not sure": configured, else the run's, else 0.5."""
     configured = current_app.config.get("UNSURE_BELOW")
     if configured:
         return float(configured)
-    return float(predictor.report.get("unsure_below", 0.5))
+    return float(predictor.report.get("unsure_below", DEFAULT_UNSURE_BELOW))
+
+
+def model_summary(predictor: Predictor) -> dict:
+    """Metadata and validation metrics of the loaded model."""
+    report = predictor.report
+    validation = report.get("validation", {})
+    return {
+        **predictor.describe(),
+        "validation": {k: validation.get(k) for k in ("accuracy", "macro_f1", "n", "per_class",
+                                                       "confusion_matrix", "most_confused")},
+        "unsure_below": report.get("unsure_below"),
+    }
 
 
 def classify(predictor: Predictor, uploads: list[Upload], top_k: int) -> list[dict]:
     """Top-k predictions for every upload, in one batch, with the not-sure flag."""
-    threshold = unsure_threshold(predictor)
+    threshold = shown_unsure_below(predictor)
     results = []
     for upload, prediction in zip(uploads, predictor.predict([u.image for u in uploads])):
         top = prediction.top(top_k)

@@ -6,10 +6,14 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from training.imaging import MAX_PIXELS
 from training.runtimes import RUNTIMES
 
+MEGABYTE = 1024 * 1024
 
-def _number(env, name: str, default, kind=int):
+
+def _env_number(env, name: str, default, kind=int):
+    """A GUITARS_* number, or `default` when unset; a clear error when it is not a number."""
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -19,7 +23,8 @@ def _number(env, name: str, default, kind=int):
         raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
 
 
-def _choice(env, name: str, choices: tuple[str, ...]) -> str:
+def _env_choice(env, name: str, choices: tuple[str, ...]) -> str:
+    """A GUITARS_* value from `choices` (the first when unset)."""
     raw = env.get(name) or choices[0]
     if raw not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
@@ -47,21 +52,25 @@ def development_secret(instance_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def load_settings(env, instance_dir: Path) -> dict:
-    """Flask config keys from an environment mapping."""
+def load_settings(env, instance_dir: Path | None = None) -> dict:
+    """Flask config keys from an environment mapping (defaults for what it lacks).
+
+    Without an instance folder (tests), a missing secret key is a fresh random one, written nowhere.
+    """
     secret = env.get("GUITARS_SECRET_KEY")
+    if not secret and instance_dir is None:
+        secret = secrets.token_hex(32)
     return {
         # Absolute from here on: Flask resolves relative paths against the app's folder, not the operator's.
         "MODEL_PATH": str(Path(env.get("GUITARS_MODEL") or "runs/demo").expanduser().absolute()),
-        "RUNTIME": _choice(env, "GUITARS_RUNTIME", RUNTIMES),
-        "TTA": _choice(env, "GUITARS_TTA", ("off", "flip")),
-        "TOP_K": _number(env, "GUITARS_TOP_K", 3),
-        "MAX_FILES": _number(env, "GUITARS_MAX_FILES", 8),
-        "MAX_CONTENT_LENGTH": int(_number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * 1024 * 1024),
-        "MAX_PIXELS": _number(env, "GUITARS_MAX_PIXELS", 40_000_000),
-        "UNSURE_BELOW": _number(env, "GUITARS_UNSURE_BELOW", 0.0, float) or None,
-        "RATE_LIMIT_PER_MINUTE": _number(env, "GUITARS_RATE_LIMIT", 0),
-        "PROXY_HOPS": _number(env, "GUITARS_PROXY_HOPS", 0),
+        "RUNTIME": _env_choice(env, "GUITARS_RUNTIME", RUNTIMES),
+        "TTA": _env_choice(env, "GUITARS_TTA", ("off", "flip")),
+        "TOP_K": _env_number(env, "GUITARS_TOP_K", 3),
+        "MAX_FILES": _env_number(env, "GUITARS_MAX_FILES", 8),
+        "MAX_CONTENT_LENGTH": int(_env_number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * MEGABYTE),
+        "MAX_PIXELS": _env_number(env, "GUITARS_MAX_PIXELS", MAX_PIXELS),
+        "UNSURE_BELOW": _env_number(env, "GUITARS_UNSURE_BELOW", 0.0, float) or None,
+        "RATE_LIMIT_PER_MINUTE": _env_number(env, "GUITARS_RATE_LIMIT", 0),
+        "PROXY_HOPS": _env_number(env, "GUITARS_PROXY_HOPS", 0),
         "SECRET_KEY": secret or development_secret(instance_dir),
-        "SECRET_KEY_FROM_ENV": bool(secret),
     }

@@ -1,0 +1,97 @@
+"""What several test files share: paths, image payloads, a real gunicorn, process facts, recipe files."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "guitars"
+SMOKE_CLASSES = ["stratocaster", "flying_v", "les_paul"]
+LITE0_STAGE = 'backbone = "efficientnet_lite0"\nsize = 64\nbs = 16\nfrozen = false\nlr = [1e-5, 1e-3]\n'
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    """An image as the bytes of a file in `fmt`."""
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def upload(data: bytes, name: str = "photo.jpg"):
+    """A file for the Flask test client's multipart form."""
+    return (io.BytesIO(data), name)
+
+
+def elastic_recipe(path: Path, budget_minutes: float, fixed_epochs: int, elastic_epochs: str, elastic_size: int = 64) -> Path:
+    """A two-stage Lite0 recipe whose last stage takes its epochs from the budget, written to `path`."""
+    elastic_stage = LITE0_STAGE.replace("size = 64", f"size = {elastic_size}")
+    path.write_text(f"budget_minutes = {budget_minutes}\nseed = 7\nvalid_pct = 0.25\n"
+                    f"[[stages]]\nname = 'fixed'\nepochs = {fixed_epochs}\n{LITE0_STAGE}"
+                    f"[[stages]]\nname = 'elastic'\nepochs = {elastic_epochs}\n{elastic_stage}")
+    return path
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, deadline: float) -> None:
+    """Wait until `url`/readyz answers 200."""
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/readyz", timeout=10).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading the model
+            pass
+        time.sleep(0.3)
+    raise AssertionError("the server did not become ready in time")
+
+
+@contextlib.contextmanager
+def gunicorn_server(model: str, cwd: Path, log_path: Path, **env_extra):
+    """A real gunicorn (the repo's gunicorn.conf.py, wsgi:app) started in `cwd`; yields (url, master process)."""
+    port = free_port()
+    env = {**os.environ, "GUITARS_MODEL": model, "GUITARS_BIND": f"127.0.0.1:{port}", "GUITARS_WORKERS": "2",
+           "GUITARS_SECRET_KEY": "test-secret", "PYTHONPATH": str(ROOT), **env_extra}
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(gunicorn), "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"], cwd=cwd, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, time.monotonic() + 120)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGINT)  # quick shutdown: a graceful one waits out the clients' keep-alive
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def worker_pids(master: int) -> list[int]:
+    """gunicorn's worker processes."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def proc_kb(pid: int, field: str) -> int:
+    """A /proc/PID/status figure in kB (VmRSS, VmHWM, VmSize...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")

@@ -1,0 +1,82 @@
+"""The end of a run: score the validation set, calibrate, export the learner, and write the report and plots."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.fp16 import MixedPrecision
+from fastai.interpret import ClassificationInterpretation
+from fastai.torch_core import noop
+
+from .backbones import get_backbone
+from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
+from .fsutil import atomic_path, sha256_file
+from .learner import CPUAutocast
+from .metrics import classification_metrics, plot_confusion_matrix
+from .mistakes import mistake_rows, write_mistakes_csv
+from .report import build_report, summary_text
+from .runfiles import CONFUSION_MATRIX_PNG, EXPORT, MISTAKES_CSV, TOP_LOSSES_PNG, ModelMeta, write_report
+from .runstate import Run, save_state
+
+TOP_LOSSES = 12  # photos in the top-losses grid
+TOP_LOSSES_FIGSIZE, TOP_LOSSES_DPI = (12, 10), 80
+
+
+def finish_run(learn, run: Run) -> dict:
+    """Score the validation set, export the learner atomically, and write the report and plots; the report."""
+    logits, targets, losses = learn.get_preds(dl=learn.dls.valid, act=noop, with_loss=True)
+    calibration, probs = calibrate(learn, logits, targets)
+    metrics = classification_metrics(probs, targets.numpy(), run.scan.classes)
+    plot_top_losses(learn, losses, run.out / TOP_LOSSES_PNG)
+    valid_files = [str(Path(f).relative_to(run.scan.root)) for f in learn.dls.valid_ds.items]
+    write_mistakes_csv(mistake_rows(valid_files, probs, targets.numpy(), run.scan.classes), run.out / MISTAKES_CSV)
+    trained_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    model_sha = export_learner(learn, run, calibration["temperature"], trained_at)
+    plot_confusion_matrix(metrics["confusion_matrix"], run.scan.classes, run.out / CONFUSION_MATRIX_PNG)
+    report = write_report(run.out, build_report(run, learn, metrics, calibration, trained_at, model_sha))
+    run.state["exported"] = True
+    save_state(run)
+    run.echo(summary_text(report))
+    return report
+
+
+def export_learner(learn, run: Run, temperature: float, trained_at: str) -> str:
+    """`learn.export` to the run's export.pkl with the model metadata, atomically; the file's SHA-256."""
+    last = run.recipe.stages[-1]
+    spec = get_backbone(last.backbone)
+    learn.meta = ModelMeta(classes=list(run.scan.classes), backbone=last.backbone, size=last.size,
+                           mean=list(spec.mean), std=list(spec.std), recipe=run.recipe.name, trained_at=trained_at,
+                           temperature=temperature)
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
+    with atomic_path(run.out / EXPORT) as tmp:
+        learn.export(tmp)
+    return sha256_file(run.out / EXPORT)
+
+
+def calibrate(learn, logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """Fit a temperature on the validation logits, bake it into the model; the figures and calibrated probabilities."""
+    temperature = fit_temperature(logits, targets)
+    before = torch.softmax(logits, dim=1).numpy()
+    after = torch.softmax(logits / temperature, dim=1).numpy()
+    bake_temperature(learn.model, temperature)
+    figures = {
+        "temperature": round(temperature, 4),
+        "ece_before": round(expected_calibration_error(before, targets.numpy()), 4),
+        "ece_after": round(expected_calibration_error(after, targets.numpy()), 4),
+        # Fitted and measured on the validation split itself: one parameter, so the optimism is small.
+        "unsure_below": round(unsure_threshold(after, targets.numpy()), 4),
+    }
+    return figures, after
+
+
+def plot_top_losses(learn, losses: torch.Tensor, path: Path) -> None:
+    """fastai's grid of the validation photos with the highest loss, so a person can spot wrong labels."""
+    import matplotlib.pyplot as plt
+
+    interp = ClassificationInterpretation(learn, learn.dls.valid, losses)
+    interp.plot_top_losses(min(TOP_LOSSES, len(losses)), nrows=3, figsize=TOP_LOSSES_FIGSIZE)
+    with atomic_path(path) as tmp:
+        plt.gcf().savefig(tmp, format="png", dpi=TOP_LOSSES_DPI)
+    plt.close("all")

@@ -1,0 +1,123 @@
+"""The run directory's one home: its file names, and the schema of the model metadata and `report.json`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypedDict
+
+from .fsutil import write_json
+
+EXPORT = "export.pkl"
+REPORT = "report.json"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+TOP_LOSSES_PNG = "top_losses.png"
+MISTAKES_CSV = "mistakes.csv"
+SPLIT = "split.json"
+STATE = "state.json"
+CHECKPOINTS = "checkpoints"
+# Bump when a key is renamed or its meaning changes; readers refuse versions they don't know.
+SCHEMA_VERSION = 1
+
+
+class RunFileError(ValueError):
+    """A run file that is unreadable, from a newer version, or missing what every reader needs."""
+
+
+class ModelMeta(TypedDict):
+    """What travels inside `export.pkl` as `learn.meta`: everything serving needs besides the weights."""
+
+    classes: list[str]
+    backbone: str
+    size: int
+    mean: list[float]
+    std: list[float]
+    recipe: str
+    trained_at: str
+    temperature: float
+
+
+class Validation(TypedDict, total=False):
+    """Validation figures in `report.json` (see `training.metrics.classification_metrics`)."""
+
+    accuracy: float
+    macro_f1: float
+    n: int
+    per_class: dict[str, dict]
+    confusion_matrix: list[list[int]]
+    most_confused: list[dict]
+
+
+class Report(TypedDict, total=False):
+    """`report.json`: the run's per-epoch table, validation figures, provenance and the model's SHA-256."""
+
+    schema_version: int
+    classes: list[str]
+    backbone: str
+    size: int
+    recipe: dict
+    weights: str
+    split_seed: int
+    dataset: dict
+    stages: list[dict]
+    validation: Validation
+    calibration: dict
+    unsure_below: float
+    training_seconds: float
+    precision: str
+    device: str
+    cuda_max_memory_gib: float | None
+    trained_at: str
+    packages: dict[str, str]
+    model_sha256: str
+
+
+# What serving cannot do without; the other keys are descriptive (older exports may lack some).
+SERVING_META_KEYS = frozenset({"classes", "size", "mean", "std"})
+
+
+def model_file(path: str | Path) -> Path:
+    """A run directory or a .pkl path as the absolute .pkl path (relative paths: to the working directory)."""
+    # absolute(), not resolve(): a symlinked run directory swapped for a new one must still be followed.
+    path = Path(path).expanduser().absolute()
+    return path / EXPORT if path.is_dir() else path
+
+
+def checkpoint_file(out: Path, stage_number: int) -> Path:
+    """The weights saved after stage `stage_number` (1-based) of a run."""
+    return out / CHECKPOINTS / f"stage-{stage_number}.pth"
+
+
+def lr_find_png(out: Path, stage_name: str) -> Path:
+    """The lr_find plot of one stage."""
+    return out / f"lr_find-{stage_name}.png"
+
+
+def write_report(out: Path, report: dict) -> Report:
+    """Write `report.json` atomically, stamped with the schema version; the report as written."""
+    stamped = Report(schema_version=SCHEMA_VERSION, **{k: v for k, v in report.items() if k != "schema_version"})
+    write_json(out / REPORT, stamped)
+    return stamped
+
+
+def read_report(run_dir: Path) -> Report:
+    """`report.json` of a run ({} when there is none); a report from before versioning reads as version 1."""
+    path = run_dir / REPORT
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise RunFileError(f"{path} is not valid JSON: {exc}") from exc
+    version = report.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RunFileError(f"{path} has schema version {version!r}; this version of guitar-classifier reads up to "
+                           f"{SCHEMA_VERSION}: upgrade it, or re-export the model with this version")
+    return report
+
+
+def check_meta(meta: dict | None, source: Path) -> ModelMeta:
+    """The model metadata of an exported learner, or a clear error when it lacks what serving needs."""
+    missing = sorted(SERVING_META_KEYS - set(meta or {}))
+    if missing:
+        raise RunFileError(f"{source} is not a learner exported by this project (its metadata lacks {', '.join(missing)})")
+    return meta

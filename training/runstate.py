@@ -1,0 +1,124 @@
+"""A run's state on disk: the split, the completed stages, checkpoints, and what `--resume` may continue."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .dataset import DatasetScan, split_items
+from .fsutil import atomic_path, write_json
+from .recipes import Recipe
+from .runfiles import SPLIT, STATE, checkpoint_file
+
+
+class RunError(RuntimeError):
+    """A training run that cannot start or continue, with the reason."""
+
+
+@dataclass
+class Run:
+    """Everything the stages of one run share: where it writes, what it trains on, and how."""
+
+    recipe: Recipe
+    out: Path
+    scan: DatasetScan
+    frame: pd.DataFrame
+    state: dict
+    device: torch.device
+    precision: str
+    pretrained: bool
+    progress: bool
+    is_main: bool
+    echo: Callable[[str], None]
+    started: float = 0.0  # time.monotonic() when this process started the run
+    # Time spent by earlier processes of a resumed run (every epoch they finished), for an elastic stage's budget.
+    spent_before: float = 0.0
+
+    @property
+    def completed(self) -> list[dict]:
+        return self.state["completed"]
+
+
+def split_frame(scan: DatasetScan, recipe: Recipe, out: Path, resume: bool, write: bool = True) -> pd.DataFrame:
+    """The run's train/valid split: made once, saved with the run and reused by every stage and on resume."""
+    split_path = out / SPLIT
+    if resume and split_path.exists():
+        rows = json.loads(split_path.read_text())["items"]
+        known = {item.relpath for item in scan.items}
+        missing = [r["path"] for r in rows if r["path"] not in known]
+        if missing:
+            raise RunError(f"cannot resume: {len(missing)} images of the saved split are gone (e.g. {missing[0]})")
+    else:
+        is_valid = split_items(scan.items, recipe.valid_pct, recipe.seed)
+        rows = [{"path": i.relpath, "label": i.label, "is_valid": v} for i, v in zip(scan.items, is_valid)]
+        if write:  # every rank computes the same split from the seed; one of them saves it
+            write_json(split_path, {"seed": recipe.seed, "valid_pct": recipe.valid_pct, "items": rows})
+    frame = pd.DataFrame(rows)
+    frame["path"] = [str(scan.root / p) for p in frame["path"]]
+    return frame
+
+
+def load_state(out: Path, recipe: Recipe, scan: DatasetScan, resume: bool, pretrained: bool) -> dict:
+    """A fresh run state, or the saved one when `resume` may continue it (else a RunError saying why not)."""
+    state_path = out / STATE
+    if not state_path.exists():
+        return {
+            "recipe": recipe.to_dict(),
+            "dataset_fingerprint": scan.fingerprint(),
+            "pretrained": pretrained,
+            "completed": [],
+            "exported": False,
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    state = json.loads(state_path.read_text())
+    if not resume:
+        done = len(state.get("completed", []))
+        raise RunError(
+            f"{out} already holds a run ({done} of {len(state['recipe']['stages'])} stages done); "
+            f"pass --resume to continue it, or choose another --out"
+        )
+    if state["recipe"] != json.loads(json.dumps(recipe.to_dict())):  # compare as JSON: tuples became lists
+        raise RunError(f"cannot resume: the recipe differs from the one {out} was started with")
+    if state["dataset_fingerprint"] != scan.fingerprint():
+        raise RunError(f"cannot resume: the data folder changed since {out} was started")
+    if state["pretrained"] != pretrained:
+        raise RunError("cannot resume: --pretrained/--no-pretrained differs from the original run")
+    # Epochs of a stage that a killed process did not finish: redone now, but their time counts for the budget.
+    running = state.pop("running", None)
+    if running:
+        state["lost_seconds"] = state.get("lost_seconds", 0.0) + running["seconds"]
+    return state
+
+
+def save_state(run: Run) -> None:
+    """Write the run state atomically."""
+    write_json(run.out / STATE, run.state)
+
+
+def save_progress(run: Run, stage_name: str, rows: list[dict]) -> None:
+    """Note the running stage's finished epochs in the run state (a resumed run counts them as spent)."""
+    run.state["running"] = {"stage": stage_name, "seconds": epoch_seconds([{"epochs": rows}])}
+    save_state(run)
+
+
+def epoch_seconds(completed: list[dict]) -> float:
+    """Seconds spent in the epochs of the completed stages (validation included)."""
+    return sum(row["seconds"] for stage in completed for row in stage["epochs"])
+
+
+def save_checkpoint(model: torch.nn.Module, out: Path, stage_number: int) -> None:
+    """The weights after stage `stage_number` (1-based), written atomically."""
+    with atomic_path(checkpoint_file(out, stage_number)) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def load_checkpoint(model: torch.nn.Module, out: Path, stage_number: int) -> torch.nn.Module:
+    """`model` with the weights saved after stage `stage_number`."""
+    state = torch.load(checkpoint_file(out, stage_number), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model
