@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from training.budget import plan_epochs, probe_epoch
+from training.budget import EpochProbe, plan_epochs, probe_epoch
 from training.learner import build_learner, make_dataloaders
 
 
@@ -46,3 +46,13 @@ def test_plan_fits_epochs_in_what_is_left(spent, expected):
 def test_plan_describes_itself_for_the_log():
     line = plan_epochs(3000, 600, 240.0, 2, 5).describe()
     assert "budget 50 min" in line and "-> 5 epochs" in line
+
+
+def test_the_scope_detectors_feature_pass_is_kept_out_of_the_epochs():
+    probe = EpochProbe(train_batch_seconds=1.0, train_batches=100, valid_batch_seconds=0.5, valid_batches=20)
+    # every photo once more, in fp32 (twice a bf16 validation batch): 2 * 0.5 s * 120 batches
+    assert probe.scope_seconds == pytest.approx(120.0)
+    without = plan_epochs(3600, 2200, 300.0, 1, 6)
+    with_scope = plan_epochs(3600, 2200, 300.0, 1, 6, finish_seconds=probe.scope_seconds)
+    assert with_scope.reserve_seconds == pytest.approx(without.reserve_seconds + 120.0)
+    assert (without.epochs, with_scope.epochs) == (4, 3)  # 1280 s of room, then 1160 s

@@ -8,6 +8,7 @@ import torch
 from training.devices import cpu_has_native_bf16
 from training.imaging import open_image
 from training.inference import Predictor
+from training.openset import WithFeatures
 from training.runtimes import (
     BF16_CONFIDENT,
     BF16_MAX_PROBABILITY_DIFFERENCE,
@@ -95,10 +96,11 @@ def test_guard_recomputes_exactly_the_unconfident_rows():
 
 
 def test_agreement_detects_a_different_model(plain):
-    same = agreement(torch_forward(plain.model), plain._forward, plain.size)
+    n = len(plain.classes)  # the served output is [logits | features]; agreement compares the probabilities
+    same = agreement(torch_forward(WithFeatures(plain.model)), plain._forward, plain.size, n_classes=n)
     other = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
     assert same == 0.0
-    assert agreement(torch_forward(other), plain._forward, plain.size) > 0.01
+    assert agreement(torch_forward(other), plain._forward, plain.size, n_classes=n) > 0.01
 
 
 def test_unexportable_model_falls_back_to_torch_or_fails_when_a_runtime_is_required(caplog):

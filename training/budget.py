@@ -9,6 +9,8 @@ from functools import partial
 
 import torch
 
+FP32_INFERENCE_FACTOR = 2.0  # an fp32 forward against the bf16 one the probe timed, with room
+
 
 @dataclass(frozen=True)
 class EpochPlan:
@@ -39,6 +41,11 @@ class EpochProbe:
     @property
     def seconds(self) -> float:
         return self.train_batch_seconds * self.train_batches + self.valid_batch_seconds * self.valid_batches
+
+    @property
+    def scope_seconds(self) -> float:
+        """The scope detector's feature pass over every photo at the end: inference in fp32, so twice a bf16 pass."""
+        return FP32_INFERENCE_FACTOR * self.valid_batch_seconds * (self.train_batches + self.valid_batches)
 
 
 def _seconds_per_batch(loader, step, device_type: str, warmup: int, timed: int) -> float:
@@ -90,11 +97,13 @@ def probe_epoch(learn, autocast_dtype: torch.dtype | None = None, warmup: int = 
     return EpochProbe(train, len(learn.dls.train), valid, len(learn.dls.valid))
 
 
-def plan_epochs(budget_seconds: float, spent_seconds: float, epoch_seconds: float, low: int, high: int) -> EpochPlan:
+def plan_epochs(budget_seconds: float, spent_seconds: float, epoch_seconds: float, low: int, high: int,
+                finish_seconds: float = 0.0) -> EpochPlan:
     """As many epochs as fit in what is left of the budget after a reserve for the final evaluation and export."""
     # The final evaluation is one validation pass at the last size plus the export: a fifth of an epoch covers it
     # with room (validation is about a tenth of an epoch here), and the minute absorbs a slower disk.
-    reserve = 0.2 * epoch_seconds + 60.0
+    # `finish_seconds`: other work at the end, such as the scope detector's feature pass.
+    reserve = 0.2 * epoch_seconds + 60.0 + finish_seconds
     room = budget_seconds - spent_seconds - reserve
     fits = math.floor(room / epoch_seconds) if epoch_seconds > 0 else high
     return EpochPlan(epochs=max(low, min(high, fits)), budget_seconds=budget_seconds, spent_seconds=spent_seconds,

@@ -11,6 +11,7 @@ from .backbones import WeightsUnavailable
 from .dataset import DatasetError
 from .recipes import RecipeError, available_recipes
 from .runfiles import EXPORT
+from .runtimes import RUNTIMES
 
 USER_ERRORS = (RecipeError, DatasetError, WeightsUnavailable)
 
@@ -73,21 +74,57 @@ def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrain
 @click.option("--tta", is_flag=True, help="Average each photo with its mirror image (twice the compute).")
 @click.option("--mistakes", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the misclassified photos here as CSV, the most confidently wrong first.")
+@click.option("--ood", "ood_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Photos that are none of the classes (each sub-folder reported apart): how many the model rejects.")
 @_fail_clearly
-def evaluate_command(model_path, data_dir, as_json, plot, tta, mistakes):
+def evaluate_command(model_path, data_dir, as_json, plot, tta, mistakes, ood_dir):
     """Score a trained model on a labelled folder."""
-    from .evaluate import evaluate_folder, evaluation_summary
+    from .evaluate import evaluate_folder, evaluate_out_of_scope, evaluation_summary
     from .inference import Predictor
     from .metrics import plot_confusion_matrix
     from .mistakes import write_mistakes_csv
 
     predictor = Predictor.load(model_path, tta=tta)
-    result = evaluate_folder(predictor, data_dir, progress=not as_json and sys.stderr.isatty())
+    progress = not as_json and sys.stderr.isatty()
+    result = evaluate_folder(predictor, data_dir, progress=progress)
+    if ood_dir:
+        result["out_of_scope"] = evaluate_out_of_scope(predictor, ood_dir, result["scope"]["scores"]
+                                                       if "scope" in result else [], progress=progress)
+    result.get("scope", {}).pop("scores", None)  # one per photo: for the AUROC, not for the summary
     if plot:
         plot_confusion_matrix(result["confusion_matrix"], result["classes"], plot, title=f"Confusion on {data_dir}")
     if mistakes:
         write_mistakes_csv(result["mistakes"], mistakes)
     click.echo(json.dumps(result) if as_json else evaluation_summary(result))
+
+
+@click.command("predict")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model_path", envvar="GUITARS_MODEL", default="runs/demo", show_default=True,
+              type=click.Path(path_type=Path), help="export.pkl or a run directory (also read from GUITARS_MODEL).")
+@click.option("--runtime", default="auto", show_default=True, type=click.Choice(RUNTIMES),
+              help="The same choice as the server's GUITARS_RUNTIME.")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (as the API gives them).")
+@_fail_clearly
+def predict_command(paths, model_path, runtime, top_k, csv_path, as_json):
+    """Classify image files and folders (recursively), as the server would."""
+    from .fsutil import atomic_path
+    from .inference import Predictor
+    from .predict_files import expand_paths, predict_files, results_csv, results_table
+
+    predictor = Predictor.load(model_path, runtime=runtime)
+    files = expand_paths(list(paths))
+    top_k = min(top_k, len(predictor.classes))
+    results, unreadable = predict_files(predictor, files, top_k, progress=not as_json and sys.stderr.isatty())
+    for entry in unreadable:
+        click.echo(f"skipped {entry['file']}: {entry['reason']}", err=True)
+    if csv_path:
+        with atomic_path(csv_path) as tmp:
+            tmp.write_text(results_csv(results, top_k))
+    click.echo(json.dumps({"model": predictor.describe(), "results": results, "unreadable": unreadable}, indent=1)
+               if as_json else results_table(results))
 
 
 @click.group("dataset")
@@ -132,7 +169,7 @@ def dataset_demo_command(out_dir, per_class, size):
     click.echo(f"Demo dataset in {out_dir}")
 
 
-COMMANDS = [train_command, evaluate_command, dataset_group]
+COMMANDS = [train_command, evaluate_command, predict_command, dataset_group]
 
 
 @click.group()

@@ -7,7 +7,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .dataset import DatasetError, list_images
-from .imaging import ImageError, open_image
+from .imaging import ImageError, is_image_file, open_image
 from .inference import Predictor
 from .metrics import classification_metrics
 from .mistakes import mistake_rows
@@ -20,12 +20,14 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
     known = {name: k for k, name in enumerate(predictor.classes)}
     unknown: dict[str, int] = {}
     unreadable: list[dict] = []
-    probs, targets, scored = [], [], []
+    probs, targets, scored, scope_scores = [], [], [], []
     batch, batch_targets = [], []
 
     def flush():
         if batch:
-            probs.append(predictor.probabilities(batch))
+            batch_probs, batch_scores = predictor.outputs(batch)
+            probs.append(batch_probs)
+            scope_scores.extend(batch_scores)
             targets.extend(batch_targets)
             batch.clear()
             batch_targets.clear()
@@ -55,7 +57,45 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
     result["unknown_classes"] = unknown
     result["unreadable"] = unreadable
     result["mistakes"] = mistake_rows(scored, probs, targets, predictor.classes)
+    if predictor.scope is not None:
+        in_scope = predictor.scope.in_scope(np.array(scope_scores))
+        result["scope"] = {"threshold": predictor.scope.threshold, "rejected": round(float((~in_scope).mean()), 4),
+                           "scores": [float(x) for x in scope_scores]}
     return result
+
+
+def evaluate_out_of_scope(predictor: Predictor, ood_dir: str | Path, in_scope_scores: list[float],
+                          batch_size: int = 32, progress: bool = True) -> dict:
+    """For each sub-folder of `ood_dir` (all photos that are none of the classes): the share the detector rejects,
+    and the AUROC of the scope score against `in_scope_scores` (photos of the classes)."""
+    from sklearn.metrics import roc_auc_score
+
+    if predictor.scope is None:
+        raise DatasetError("this model has no scope detector: retrain it with this version to get one")
+    root = Path(ood_dir)
+    groups = sorted(p for p in root.iterdir() if p.is_dir()) or [root]
+    report = {}
+    for group in groups:
+        paths = sorted(p for p in group.rglob("*") if p.is_file() and is_image_file(p))
+        scores = []
+        for start in tqdm(range(0, len(paths), batch_size), desc=f"Out of scope: {group.name}", disable=not progress):
+            images = [img for img in (_try_open(p) for p in paths[start:start + batch_size]) if img is not None]
+            if images:
+                scores.extend(predictor.outputs(images)[1])
+        if not scores:
+            continue
+        scores = np.array(scores)
+        labels = np.r_[np.ones(len(in_scope_scores)), np.zeros(len(scores))]
+        report[group.name] = {"n": len(scores), "rejected": round(float((~predictor.scope.in_scope(scores)).mean()), 4),
+                              "auroc": round(float(roc_auc_score(labels, np.r_[in_scope_scores, scores])), 4)}
+    return report
+
+
+def _try_open(path: Path):
+    try:
+        return open_image(path)
+    except ImageError:
+        return None
 
 
 def evaluation_summary(result: dict) -> str:
@@ -77,4 +117,9 @@ def evaluation_summary(result: dict) -> str:
             f"{k} ({v})" for k, v in result["unknown_classes"].items()))
     if result["unreadable"]:
         lines.append(f"Skipped {len(result['unreadable'])} unreadable files")
+    if "scope" in result:
+        lines.append(f"Out of scope by the model's detector: {result['scope']['rejected']:.1%} of these photos "
+                     f"(threshold {result['scope']['threshold']:.4f})")
+    for group, row in result.get("out_of_scope", {}).items():
+        lines.append(f"  none of the classes, {group}: {row['rejected']:.1%} of {row['n']} rejected, AUROC {row['auroc']:.4f}")
     return "\n".join(lines)

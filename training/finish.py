@@ -9,6 +9,7 @@ import torch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import noop
+from tqdm.auto import tqdm
 
 from .backbones import get_backbone
 from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
@@ -16,6 +17,7 @@ from .fsutil import atomic_path, sha256_file
 from .learner import CPUAutocast
 from .metrics import classification_metrics, plot_confusion_matrix
 from .mistakes import mistake_rows, write_mistakes_csv
+from .openset import ScopeDetector, feature_forward, fit_scope, image_features
 from .report import build_report, summary_text
 from .runfiles import CONFUSION_MATRIX_PNG, EXPORT, MISTAKES_CSV, TOP_LOSSES_PNG, ModelMeta, write_report
 from .runstate import Run, save_state
@@ -32,23 +34,47 @@ def finish_run(learn, run: Run) -> dict:
     plot_top_losses(learn, losses, run.out / TOP_LOSSES_PNG)
     valid_files = [str(Path(f).relative_to(run.scan.root)) for f in learn.dls.valid_ds.items]
     write_mistakes_csv(mistake_rows(valid_files, probs, targets.numpy(), run.scan.classes), run.out / MISTAKES_CSV)
+    detector, scope = fit_scope_detector(learn, run)
     trained_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    model_sha = export_learner(learn, run, calibration["temperature"], trained_at)
+    model_sha = export_learner(learn, run, calibration["temperature"], trained_at, detector)
     plot_confusion_matrix(metrics["confusion_matrix"], run.scan.classes, run.out / CONFUSION_MATRIX_PNG)
-    report = write_report(run.out, build_report(run, learn, metrics, calibration, trained_at, model_sha))
+    report = build_report(run, learn, metrics, calibration, trained_at, model_sha)
+    report = write_report(run.out, {**report, "scope": scope})
     run.state["exported"] = True
     save_state(run)
     run.echo(summary_text(report))
     return report
 
 
-def export_learner(learn, run: Run, temperature: float, trained_at: str) -> str:
+def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
+    """The "not one of my classes" detector, fitted on the training photos' features; it and its figures."""
+    last = run.recipe.stages[-1]
+    spec = get_backbone(last.backbone)
+    progress = (lambda it: tqdm(it, desc="Scope features", leave=False)) if run.progress else None
+    n_classes = len(run.scan.classes)
+    forward = feature_forward(learn.model, last.size, n_classes, run.device)
+    features = {}
+    for name, dataset in (("train", learn.dls.train_ds), ("valid", learn.dls.valid_ds)):
+        paths = [str(p) for p in dataset.items]
+        _, features[name] = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, progress)
+    # The training photos' own labels (their folders, as fastai's parent_label reads them), not the model's answers.
+    labels = [run.scan.classes.index(Path(p).parent.name) for p in learn.dls.train_ds.items]
+    detector = fit_scope(features["train"], labels, features["valid"])
+    rejected = float((~detector.in_scope(detector.scores(features["valid"]))).mean())
+    figures = {"method": "mahalanobis", "threshold": round(detector.threshold, 6), "keep": detector.keep,
+               "train_photos": len(labels), "valid_rejected": round(rejected, 4)}
+    run.echo(f"Scope: Mahalanobis over {len(labels)} training photos; threshold {detector.threshold:.4f} keeps "
+             f"{1 - rejected:.1%} of the validation photos")
+    return detector, figures
+
+
+def export_learner(learn, run: Run, temperature: float, trained_at: str, detector: ScopeDetector | None = None) -> str:
     """`learn.export` to the run's export.pkl with the model metadata, atomically; the file's SHA-256."""
     last = run.recipe.stages[-1]
     spec = get_backbone(last.backbone)
     learn.meta = ModelMeta(classes=list(run.scan.classes), backbone=last.backbone, size=last.size,
                            mean=list(spec.mean), std=list(spec.std), recipe=run.recipe.name, trained_at=trained_at,
-                           temperature=temperature)
+                           temperature=temperature, scope=detector.to_meta() if detector else None)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
     with atomic_path(run.out / EXPORT) as tmp:
         learn.export(tmp)

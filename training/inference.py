@@ -13,8 +13,11 @@ import torch
 from PIL import Image
 
 from .imaging import to_batch
+from .openset import ScopeDetector, WithFeatures
 from .runfiles import REPORT, RunFileError, check_meta, model_file, read_report
 from .runtimes import RuntimeUnavailable, make_forward
+
+DEFAULT_UNSURE_BELOW = 0.5  # for a model whose report has no fitted threshold
 
 
 class ModelLoadError(RuntimeError):
@@ -27,10 +30,25 @@ class Prediction:
 
     labels: list[str]
     probabilities: list[float]
+    scope_score: float | None = None   # likeness to the training photos; None for a model without a detector
+    in_scope: bool = True              # False: none of the classes, by the model's detector
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The `k` most likely classes with their probabilities."""
         return list(zip(self.labels[:k], self.probabilities[:k]))
+
+    def as_result(self, filename: str, top_k: int, unsure_below: float) -> dict:
+        """The answer as the API, the pages and `flask predict` give it."""
+        top = self.top(top_k)
+        return {
+            "filename": filename,
+            "predictions": [{"label": label, "probability": round(p, 6)} for label, p in top],
+            # Which of the known classes: the top ones are close (the calibrated "not sure" line).
+            "uncertain": top[0][1] < unsure_below,
+            # Whether it is one of the known classes at all (always true for a model without a detector).
+            "in_scope": self.in_scope,
+            "scope_score": None if self.scope_score is None else round(self.scope_score, 6),
+        }
 
 
 class Predictor:
@@ -51,7 +69,10 @@ class Predictor:
         self.std = tuple(meta["std"])
         self.temperature: float = float(meta.get("temperature", 1.0))
         self.meta = meta
-        self.runtime, self._forward = make_forward(self.model, self.size, runtime)
+        self.scope = ScopeDetector.from_meta(meta.get("scope"))
+        # With a detector, one forward gives the logits and the features it needs: [logits | features].
+        served = WithFeatures(self.model) if self.scope else self.model
+        self.runtime, self._forward = make_forward(served, self.size, runtime, n_classes=len(self.classes))
         # fastai's Learner is not thread-safe, but a module in eval mode is; the lock only guards CAM's autograd use.
         self._cam_lock = threading.Lock()
 
@@ -101,21 +122,35 @@ class Predictor:
         """Predict a batch of RGB images in one forward pass."""
         if not images:
             return []
+        probabilities, scope_scores = self.outputs(images)
         results = []
-        for row in self.probabilities(images):
+        for row, score in zip(probabilities, scope_scores):
             order = np.argsort(-row)
-            results.append(Prediction([self.classes[i] for i in order], [float(row[i]) for i in order]))
+            scope = {} if score is None else {"scope_score": float(score), "in_scope": bool(score >= self.scope.threshold)}
+            results.append(Prediction([self.classes[i] for i in order], [float(row[i]) for i in order], **scope))
         return results
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities in `self.classes` order, shape (N, C)."""
+        return self.outputs(images)[0]
+
+    def outputs(self, images: list[Image.Image]) -> tuple[np.ndarray, list]:
+        """Class probabilities (N, C) and each photo's scope score (None without a detector)."""
         batch = to_batch(images, self.size, self.mean, self.std)
+        n = len(self.classes)
         # The temperature is already baked into the model's last layer at export.
         if not self.tta:
-            return torch.softmax(self._forward(batch), dim=1).numpy()
-        # A mirrored guitar is the same model (training flips photos too), so the mirror is a second opinion.
-        both = torch.softmax(self._forward(torch.cat([batch, batch.flip(3)])), dim=1)
-        return ((both[: len(batch)] + both[len(batch):]) / 2).numpy()
+            output = self._forward(batch)
+            probabilities = torch.softmax(output[:, :n], dim=1).numpy()
+            features = output[:, n:].numpy()
+        else:  # a mirrored guitar is the same model (training flips photos too), so the mirror is a second opinion
+            output = self._forward(torch.cat([batch, batch.flip(3)]))
+            both = torch.softmax(output[:, :n], dim=1)
+            probabilities = ((both[: len(batch)] + both[len(batch):]) / 2).numpy()
+            features = ((output[: len(batch), n:] + output[len(batch):, n:]) / 2).numpy()
+        if self.scope is None:
+            return probabilities, [None] * len(batch)
+        return probabilities, list(self.scope.scores(features))
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""
@@ -132,6 +167,11 @@ class Predictor:
         top = cam.max()
         return cam / top if top > 0 else cam
 
+    @property
+    def unsure_below(self) -> float:
+        """The run's calibrated "not sure" line: a top probability below it is shown as not sure."""
+        return float(self.report.get("unsure_below", DEFAULT_UNSURE_BELOW))
+
     def describe(self) -> dict:
         """What is loaded, for pages and the API."""
         return {
@@ -144,4 +184,6 @@ class Predictor:
             "runtime": self.runtime,
             "tta": "flip" if self.tta else "off",
             "sha256": self.sha256 or self.report.get("model_sha256"),
+            "scope": None if self.scope is None else {"method": "mahalanobis", "keep": self.scope.keep,
+                                                      "threshold": round(self.scope.threshold, 6)},
         }

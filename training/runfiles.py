@@ -34,6 +34,7 @@ class ModelMeta(TypedDict):
     recipe: str
     trained_at: str
     temperature: float
+    scope: dict | None  # the "not one of my classes" detector (training.openset.ScopeDetector.to_meta)
 
 
 class Validation(TypedDict, total=False):
@@ -69,6 +70,7 @@ class Report(TypedDict, total=False):
     trained_at: str
     packages: dict[str, str]
     model_sha256: str
+    scope: dict | None  # the detector's method, threshold and the share of validation photos it rejects
 
 
 # What serving cannot do without; the other keys are descriptive (older exports may lack some).

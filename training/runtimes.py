@@ -98,35 +98,47 @@ def openvino_forward(graph: bytes, threads: int, precision: str = "f32") -> Forw
     return forward
 
 
-def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT) -> Forward:
-    """`fast`'s logits where its top probability reaches `confident`; `exact` recomputes the other rows."""
+def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT,
+                    n_classes: int | None = None) -> Forward:
+    """`fast`'s output where its top probability reaches `confident`; `exact` recomputes the other rows.
+
+    The first `n_classes` columns are the logits (all of them when None); any others (features) ride along.
+    """
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        logits = fast(batch)
-        unsure = torch.softmax(logits, dim=1).amax(dim=1) < confident
+        output = fast(batch)
+        unsure = torch.softmax(output[:, :n_classes], dim=1).amax(dim=1) < confident
         if unsure.any():
-            logits[unsure] = exact(batch[unsure])
-        return logits
+            output[unsure] = exact(batch[unsure])
+        return output
 
     return forward
 
 
-def openvino_bf16_forward(graph: bytes, threads: int) -> Forward:
+def openvino_bf16_forward(graph: bytes, threads: int, n_classes: int | None = None) -> Forward:
     """OpenVINO in bf16, recomputing in fp32 what is under `BF16_CONFIDENT`; only on CPUs with native bf16."""
     if not cpu_has_native_bf16():
         raise RuntimeUnavailable("this CPU has no native bf16, where bf16 would be slower than fp32")
-    return guarded_forward(openvino_forward(graph, threads, "bf16"), openvino_forward(graph, threads, "f32"))
+    return guarded_forward(openvino_forward(graph, threads, "bf16"), openvino_forward(graph, threads, "f32"),
+                           n_classes=n_classes)
 
 
-def agreement(reference: Forward, candidate: Forward, size: int, seed: int = 0) -> float:
-    """Largest softmax difference between two forwards on a fixed random batch."""
+def agreement(reference: Forward, candidate: Forward, size: int, seed: int = 0, n_classes: int | None = None) -> float:
+    """Largest softmax difference (over the first `n_classes` columns) between two forwards on a fixed random batch."""
     batch = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    expected = torch.softmax(reference(batch), dim=1).numpy()
-    actual = torch.softmax(candidate(batch), dim=1).numpy()
+    expected = torch.softmax(reference(batch)[:, :n_classes], dim=1).numpy()
+    actual = torch.softmax(candidate(batch)[:, :n_classes], dim=1).numpy()
     return float(np.abs(expected - actual).max())
 
 
 BUILDERS = {"openvino-bf16": openvino_bf16_forward, "openvino": openvino_forward, "onnx": onnx_forward}
+
+
+def build_runtime(name: str, graph: bytes, threads: int, n_classes: int | None) -> Forward:
+    """One fast runtime over an ONNX graph (only the bf16 one needs to know where the logits end)."""
+    if name == "openvino-bf16" and n_classes is not None:
+        return BUILDERS[name](graph, threads, n_classes)
+    return BUILDERS[name](graph, threads)
 
 
 def probability_tolerance(runtime: str) -> float:
@@ -134,8 +146,12 @@ def probability_tolerance(runtime: str) -> float:
     return BF16_MAX_PROBABILITY_DIFFERENCE if runtime == "openvino-bf16" else MAX_PROBABILITY_DIFFERENCE
 
 
-def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto") -> tuple[str, Forward]:
-    """The fastest forward that agrees with PyTorch (OpenVINO bf16/fp32, ONNX Runtime, PyTorch); returns (name, fn)."""
+def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto",
+                 n_classes: int | None = None) -> tuple[str, Forward]:
+    """The fastest forward that agrees with PyTorch (OpenVINO bf16/fp32, ONNX Runtime, PyTorch); returns (name, fn).
+
+    `n_classes`: the model's output starts with that many logits, followed by other columns (features).
+    """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     reference = torch_forward(model)
@@ -151,8 +167,8 @@ def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto") -> tu
         return "torch", reference
     for name in FAST_RUNTIMES if runtime == "auto" else (runtime,):
         try:
-            candidate = BUILDERS[name](graph, torch.get_num_threads())
-            difference = agreement(reference, candidate, size)
+            candidate = build_runtime(name, graph, torch.get_num_threads(), n_classes)
+            difference = agreement(reference, candidate, size, n_classes=n_classes)
         except Exception as exc:  # a runtime that is missing or cannot compile the graph
             if runtime != "auto":
                 raise RuntimeUnavailable(f"{name} cannot run this model: {exc}") from exc

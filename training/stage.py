@@ -109,7 +109,8 @@ def budgeted_epochs(learn, run: Run, stage: Stage) -> tuple[int, dict]:
     """As many epochs of an elastic stage as fit what is left of the recipe's budget, and how that was decided."""
     probe = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
     spent = run.spent_before + time.monotonic() - run.started
-    plan = plan_epochs(run.recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs)
+    plan = plan_epochs(run.recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs,
+                       finish_seconds=probe.scope_seconds)
     run.echo(plan.describe())
     budget = {**asdict(plan), "lost_seconds": run.state.get("lost_seconds", 0.0), "probe": asdict(probe)}
     return rank0_choice(plan.epochs), budget

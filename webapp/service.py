@@ -12,8 +12,6 @@ from training.inference import Predictor
 from .model import model_holder
 from .uploads import Upload, parse_top_k, read_uploads
 
-DEFAULT_UNSURE_BELOW = 0.5  # for a model whose report has no fitted threshold
-
 
 class ModelUnavailable(Exception):
     """No model is loaded (503); the reason is safe to show."""
@@ -37,9 +35,7 @@ def current_predictor() -> Predictor:
 def shown_unsure_below(predictor: Predictor) -> float:
     """Top probability below which the answer is shown as "not sure": configured, else the run's, else 0.5."""
     configured = current_app.config.get("UNSURE_BELOW")
-    if configured:
-        return float(configured)
-    return float(predictor.report.get("unsure_below", DEFAULT_UNSURE_BELOW))
+    return float(configured) if configured else predictor.unsure_below
 
 
 def model_summary(predictor: Predictor) -> dict:
@@ -55,17 +51,10 @@ def model_summary(predictor: Predictor) -> dict:
 
 
 def classify(predictor: Predictor, uploads: list[Upload], top_k: int) -> list[dict]:
-    """Top-k predictions for every upload, in one batch, with the not-sure flag."""
+    """Top-k predictions for every upload, in one batch, with the not-sure and in-scope flags."""
     threshold = shown_unsure_below(predictor)
-    results = []
-    for upload, prediction in zip(uploads, predictor.predict([u.image for u in uploads])):
-        top = prediction.top(top_k)
-        results.append({
-            "filename": upload.filename,
-            "predictions": [{"label": label, "probability": round(p, 6)} for label, p in top],
-            "uncertain": top[0][1] < threshold,
-        })
-    return results
+    predictions = predictor.predict([u.image for u in uploads])
+    return [p.as_result(u.filename, top_k, threshold) for u, p in zip(uploads, predictions)]
 
 
 def png_data_uri(image, max_side: int | None = None) -> str:

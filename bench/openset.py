@@ -1,0 +1,98 @@
+"""Open-set scores side by side on a trained run: its validation photos (in scope) against photos of none of its classes.
+
+    python -m bench.openset RUN_DIR DATA_DIR OOD_DIR
+
+Each score is thresholded to keep 95% of the validation photos, as the shipped detector is; OOD_DIR's sub-folders
+(e.g. near/, far/) are reported apart. Features are cached in RUN_DIR/openset_features.npz (delete it after retraining).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from training.imaging import is_image_file
+from training.inference import Predictor
+from training.openset import DEFAULT_KEEP, feature_forward, fit_scope, image_features
+
+KNN_KS = (1, 10, 50)
+
+
+def load_features(run: Path, data: Path, ood: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Logits and penultimate features of the training, validation and out-of-scope photos (cached)."""
+    cache = run / "openset_features.npz"
+    if cache.exists():
+        stored = np.load(cache)
+        return {name: (stored[f"{name}_logits"], stored[f"{name}_features"]) for name in
+                {key.rsplit("_", 1)[0] for key in stored.files if not key.endswith("_categories")}}
+    predictor = Predictor.load(run, runtime="torch")
+    n_classes = len(predictor.classes)
+    forward = feature_forward(predictor.model, predictor.size, n_classes)  # as training fits the shipped detector
+    split = json.loads((run / "split.json").read_text())["items"]
+    paths = {"train": [data / r["path"] for r in split if not r["is_valid"]],
+             "valid": [data / r["path"] for r in split if r["is_valid"]]}
+    for group in sorted(p for p in ood.iterdir() if p.is_dir()):
+        paths[group.name] = sorted(p for p in group.rglob("*") if p.is_file() and is_image_file(p))
+    sets = {}
+    for name, files in paths.items():
+        started = time.perf_counter()
+        sets[name] = image_features(forward, files, predictor.size, predictor.mean, predictor.std, n_classes)
+        print(f"{name}: {len(files)} photos, {time.perf_counter() - started:.0f} s", flush=True)
+    categories = {f"{n}_categories": np.array([p.parent.name for p in files]) for n, files in paths.items()
+                  if n not in ("train", "valid")}
+    np.savez(cache, **categories,
+             **{f"{n}_{k}": v[i] for n, v in sets.items() for i, k in enumerate(("logits", "features"))})
+    return sets
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-8)
+
+
+def main(run: Path, data: Path, ood: Path) -> None:
+    sets = load_features(run, data, ood)
+    train_logits, train_features = sets.pop("train")
+    split = json.loads((run / "split.json").read_text())["items"]
+    classes = sorted({r["label"] for r in split})
+    train_labels = np.array([classes.index(r["label"]) for r in split if not r["is_valid"]])
+    scores = {
+        "max softmax probability": lambda lg, ft: softmax(lg).max(1),
+        "max logit": lambda lg, ft: lg.max(1),
+        "energy": lambda lg, ft: np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1),
+    }
+    shipped = fit_scope(train_features, train_labels, sets["valid"][1])
+    scores["Mahalanobis (shipped)"] = lambda lg, ft: shipped.scores(ft)
+    bank = normalise(train_features)
+    for k in KNN_KS:  # Sun et al. 2022: cosine similarity to the k-th nearest normalised training feature
+        scores[f"kNN k={k}"] = lambda lg, ft, k=k: -np.partition(-(normalise(ft) @ bank.T), k - 1, axis=1)[:, k - 1]
+    groups = [name for name in sets if name != "valid"]
+    header = f"{'score':<30}" + "".join(f"{'AUROC ' + g:>16}{'rejected ' + g:>16}" for g in groups)
+    print(f"\nIn scope: {len(sets['valid'][0])} validation photos; threshold keeps {DEFAULT_KEEP:.0%} of them\n{header}")
+    for name, score in scores.items():
+        valid = score(*sets["valid"])
+        threshold = np.quantile(valid, 1 - DEFAULT_KEEP)
+        row = f"{name:<30}"
+        for group in groups:
+            other = score(*sets[group])
+            labels = np.r_[np.ones(len(valid)), np.zeros(len(other))]
+            row += f"{roc_auc_score(labels, np.r_[valid, other]):>16.4f}{(other < threshold).mean():>16.1%}"
+        print(row)
+    stored = np.load(run / "openset_features.npz")
+    for group in groups:
+        categories = stored[f"{group}_categories"]
+        rejected = ~shipped.in_scope(shipped.scores(sets[group][1]))
+        print(f"\nShipped detector, {group}, by category: " + ", ".join(
+            f"{c} {rejected[categories == c].mean():.0%} of {(categories == c).sum()}" for c in np.unique(categories)))
+
+
+if __name__ == "__main__":
+    main(*(Path(arg) for arg in sys.argv[1:4]))

@@ -1,0 +1,64 @@
+"""Classify files and folders from the command line, with the same runtime and answers as the server."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .imaging import ImageError, is_image_file, open_image
+from .inference import Predictor
+
+BATCH = 16
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given, and the image files under folders (recursively), in a stable order."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+        else:
+            found.append(path)
+    return found
+
+
+def predict_files(predictor: Predictor, paths: list[Path], top_k: int, progress: bool = False) -> tuple[list, list]:
+    """One result per readable image (as the API gives it) and the unreadable files with the reason."""
+    results, unreadable = [], []
+    for start in tqdm(range(0, len(paths), BATCH), desc="Classifying", disable=not progress, unit="batch"):
+        images, names = [], []
+        for path in paths[start:start + BATCH]:
+            try:
+                images.append(open_image(path))
+                names.append(str(path))
+            except (ImageError, OSError) as exc:
+                unreadable.append({"file": str(path), "reason": str(exc)})
+        results.extend(p.as_result(name, top_k, predictor.unsure_below)
+                       for name, p in zip(names, predictor.predict(images)))
+    return results, unreadable
+
+
+def results_table(results: list[dict]) -> str:
+    """A plain table: file, best answer, its probability, and the two flags."""
+    width = max([len(r["filename"]) for r in results] + [4])
+    lines = [f"{'file':<{width}}  {'prediction':<28}{'prob':>7}  {'not sure':<9}{'in scope':<8}"]
+    for r in results:
+        best = r["predictions"][0]
+        label = best["label"] if r["in_scope"] else f"({best['label']})"
+        lines.append(f"{r['filename']:<{width}}  {label:<28}{best['probability']:>7.3f}  "
+                     f"{'yes' if r['uncertain'] else 'no':<9}{'yes' if r['in_scope'] else 'no':<8}")
+    return "\n".join(lines)
+
+
+def results_csv(results: list[dict], top_k: int) -> str:
+    """The results as CSV: one row per file, the top-k labels and probabilities, the flags and the scope score."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = ["file"] + [f"{kind}_{k + 1}" for k in range(top_k) for kind in ("label", "probability")]
+    writer.writerow(header + ["uncertain", "in_scope", "scope_score"])
+    for r in results:
+        cells = [c for p in r["predictions"] for c in (p["label"], p["probability"])]
+        writer.writerow([r["filename"], *cells, r["uncertain"], r["in_scope"], r["scope_score"]])
+    return buffer.getvalue()
