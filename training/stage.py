@@ -63,8 +63,8 @@ def stage_dataloaders(run: Run, stage: Stage):
 
 
 def stage_learner(run: Run, index: int, learn=None):
-    """The learner stage `index` trains: the previous stage's (new image size), else one restored from the last
-    checkpoint (resuming mid-backbone, or exporting after a crash), else a fresh pretrained one."""
+    """The learner stage `index` trains: the previous stage's at a new image size, else one restored from the last
+    checkpoint (a run resumed mid-backbone), else a fresh pretrained one."""
     stage = run.recipe.stages[index]
     dls = stage_dataloaders(run, stage)
     previous = run.recipe.stages[index - 1] if index else None
