@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from training.imaging import is_image_file
 from training.inference import Predictor
 from training.openset import DEFAULT_KEEP, feature_forward, fit_scope, image_features
+from training.predict_files import expand_paths
 
 KNN_KS = (1, 10, 50)
 
@@ -36,7 +36,7 @@ def load_features(run: Path, data: Path, ood: Path) -> dict[str, tuple[np.ndarra
     paths = {"train": [data / r["path"] for r in split if not r["is_valid"]],
              "valid": [data / r["path"] for r in split if r["is_valid"]]}
     for group in sorted(p for p in ood.iterdir() if p.is_dir()):
-        paths[group.name] = sorted(p for p in group.rglob("*") if p.is_file() and is_image_file(p))
+        paths[group.name] = expand_paths([group])
     sets = {}
     for name, files in paths.items():
         started = time.perf_counter()

@@ -7,10 +7,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .dataset import DatasetError, list_images
-from .imaging import ImageError, is_image_file, open_image
+from .imaging import ImageError, open_image
 from .inference import Predictor
 from .metrics import classification_metrics
 from .mistakes import mistake_rows
+from .predict_files import expand_paths
 
 
 def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int = 32, progress: bool = True) -> dict:
@@ -76,7 +77,7 @@ def evaluate_out_of_scope(predictor: Predictor, ood_dir: str | Path, in_scope_sc
     groups = sorted(p for p in root.iterdir() if p.is_dir()) or [root]
     report = {}
     for group in groups:
-        paths = sorted(p for p in group.rglob("*") if p.is_file() and is_image_file(p))
+        paths = expand_paths([group])
         scores = []
         for start in tqdm(range(0, len(paths), batch_size), desc=f"Out of scope: {group.name}", disable=not progress):
             images = [img for img in (_try_open(p) for p in paths[start:start + batch_size]) if img is not None]

@@ -64,8 +64,9 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
             if img.mode not in MODES:
                 raise NotAnImage(f"{img.format} images with {img.mode!r} pixels are not supported")
-            if img.format in ("JPEG", "MPO") and data.count(JPEG_SOS) * width * height > MAX_JPEG_SCAN_PIXELS:
-                raise NotAnImage(f"the JPEG has {data.count(JPEG_SOS)} scans, far more than any camera writes")
+            scans = data.count(JPEG_SOS) if img.format in ("JPEG", "MPO") else 0
+            if scans * width * height > MAX_JPEG_SCAN_PIXELS:
+                raise NotAnImage(f"the JPEG has {scans} scans, far more than any camera writes")
             img.seek(0)
             img.load()
     except (ImageTooLarge, NotAnImage):
