@@ -51,7 +51,8 @@ def subset_frame(data: Path, per_class: int, seed: int) -> tuple[pd.DataFrame, l
             counts[item.label] = counts.get(item.label, 0) + 1
             items.append(item)
     is_valid = split_items(items, 0.2, seed)
-    frame = pd.DataFrame({"path": [str(scan.root / i.relpath) for i in items], "is_valid": is_valid})
+    frame = pd.DataFrame({"path": [str(scan.root / i.relpath) for i in items], "label": [i.label for i in items],
+                          "is_valid": is_valid})
     return frame, scan.classes
 
 

@@ -26,3 +26,17 @@
     }
   });
 })();
+
+// The review page's keys: k keep, x exclude, 1-9 choose a class, r relabel, n/p next/previous, u undo.
+(function () {
+  const select = document.getElementById("relabel-to");
+  if (!select) return;
+  const click = (id) => { const el = document.getElementById(id); if (el && !el.disabled) el.click(); };
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.target.tagName === "INPUT") return;
+    const digit = Number(event.key);
+    if (digit >= 1 && digit <= select.options.length) { select.selectedIndex = digit - 1; return; }
+    const actions = { k: "keep", x: "exclude", r: "relabel", n: "next", p: "previous", u: "undo" };
+    if (actions[event.key]) { event.preventDefault(); click(actions[event.key]); }
+  });
+})();

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from PIL import Image
 
@@ -48,11 +49,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(url: str, deadline: float) -> None:
-    """Wait until `url`/readyz answers 200."""
+def wait_ready(url: str, deadline: float, path: str = "/readyz") -> None:
+    """Wait until `url`/readyz (or another path) answers 200."""
     while time.monotonic() < deadline:
         try:
-            if requests.get(url + "/readyz", timeout=10).status_code == 200:
+            if requests.get(url + path, timeout=10).status_code == 200:
                 return
         except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading the model
             pass
@@ -95,3 +96,36 @@ def proc_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for {pid}")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
+]
+
+
+class PageWatch:
+    """Records what a page asked for that failed, and what it logged as an error."""
+
+    def __init__(self, page):
+        self.failed, self.console = [], []
+        page.on("response", lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.on("requestfailed", lambda r: self.failed.append(f"failed {r.url}"))
+        page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: self.console.append(str(exc)))
+
+    def assert_whole(self, page, expected_status: int = 200):
+        """Every <img> decoded, no request got a 4xx/5xx (but the page itself, if expected), no console errors."""
+        page.wait_for_load_state("networkidle")
+        broken = page.evaluate(
+            "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src)")
+        assert not broken, f"images that did not load on {page.url}: {broken}"
+        failed = [f for f in self.failed if f != f"{expected_status} {page.url}"]
+        assert not failed, f"requests that failed on {page.url}: {failed}"
+        console = [c for c in self.console if not (expected_status >= 400 and f"status of {expected_status}" in c)]
+        assert not console, f"console errors on {page.url}: {console}"
+        self.failed.clear()
+        self.console.clear()

@@ -3,45 +3,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from tests.helpers import ROOT
+from tests.helpers import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, ROOT, PageWatch
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
-
-
-class PageWatch:
-    """Records what a page asked for that failed, and what it logged as an error."""
-
-    def __init__(self, page):
-        self.failed, self.console = [], []
-        page.on("response", lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-        page.on("requestfailed", lambda r: self.failed.append(f"failed {r.url}"))
-        page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda exc: self.console.append(str(exc)))
-
-    def assert_whole(self, page, expected_status: int = 200):
-        """Every <img> decoded, no request got a 4xx/5xx (but the page itself, if expected), no console errors."""
-        page.wait_for_load_state("networkidle")
-        broken = page.evaluate(
-            "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src)")
-        assert not broken, f"images that did not load on {page.url}: {broken}"
-        failed = [f for f in self.failed if f != f"{expected_status} {page.url}"]
-        assert not failed, f"requests that failed on {page.url}: {failed}"
-        console = [c for c in self.console if not (expected_status >= 400 and f"status of {expected_status}" in c)]
-        assert not console, f"console errors on {page.url}: {console}"
-        self.failed.clear()
-        self.console.clear()
-
+pytestmark = BROWSER_MARKS
 
 def test_every_page_loads_whole(make_run_server, demo_data, tmp_path):
     from playwright.sync_api import sync_playwright

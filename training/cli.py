@@ -8,12 +8,14 @@ from pathlib import Path
 import click
 
 from .backbones import WeightsUnavailable
+from .classnames import ClassNamesError
 from .dataset import DatasetError
+from .labels import DecisionsError
 from .recipes import RecipeError, available_recipes
 from .runfiles import EXPORT
 from .runtimes import RUNTIMES
 
-USER_ERRORS = (RecipeError, DatasetError, WeightsUnavailable)
+USER_ERRORS = (RecipeError, DatasetError, DecisionsError, ClassNamesError, WeightsUnavailable)
 
 
 def _fail_clearly(func):
@@ -139,14 +141,17 @@ def dataset_group():
 def dataset_check_command(data_dir, as_json):
     """Report class counts, unreadable files and duplicate groups (also across classes)."""
     from .dataset import dataset_report, scan_dataset
+    from .evaluate import decisions_line
 
     report = dataset_report(scan_dataset(data_dir, progress=not as_json and sys.stderr.isatty()))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"{report['images']} readable images in {len(report['classes'])} classes ({report['root']})")
-    for name, count in report["counts"].items():
-        click.echo(f"  {name:<28}{count:>6}")
+    for class_id, count in report["counts"].items():
+        click.echo(f"  {class_id:<28}{count:>6}  {report['names'][class_id]}")
+    if report["decisions"] and any(report["decisions"][k] for k in ("kept", "relabelled", "excluded")):
+        click.echo(decisions_line(report["decisions"]))
     click.echo(f"Unreadable files: {len(report['unreadable'])}")
     for entry in report["unreadable"][:20]:
         click.echo(f"  {entry['file']}: {entry['reason']}")
@@ -155,6 +160,30 @@ def dataset_check_command(data_dir, as_json):
     click.echo(f"Duplicate groups spanning two or more classes: {len(report['cross_class_groups'])}")
     for group in report["cross_class_groups"][:20]:
         click.echo(f"  {', '.join(group['labels'])}: {', '.join(group['files'])}")
+
+
+@dataset_group.command("review")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the queue [default: DATA/review-queue.json].")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="Pretrained backbone whose features the out-of-sample classifier uses.")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(0), help="Photos to list here.")
+@_fail_clearly
+def dataset_review_command(data_dir, out_path, backbone, top):
+    """Rank the photos a person should look at: likely wrong labels, duplicates, unreadable, out of scope."""
+    from .review import build_queue, queue_path, write_queue
+
+    queue = build_queue(data_dir, backbone=backbone, progress=sys.stderr.isatty())
+    path = queue_path(data_dir, out_path)
+    write_queue(queue, path)
+    counts = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in queue["counts"].items() if n)
+    click.echo(f"{len(queue['entries'])} of {queue['photos']} photos to review ({counts or 'nothing found'}); "
+               f"out-of-sample accuracy {queue['out_of_sample_accuracy']:.1%}")
+    for entry in queue["entries"][:top]:
+        suggestion = f"-> {entry['suggested']} {entry['suggested_p']:.2f}" if entry["suggested"] else ""
+        click.echo(f"  {entry['path']:<48}{', '.join(entry['reasons']):<36}{suggestion}")
+    click.echo(f"Queue written to {path}. Walk it in the browser: flask --app wsgi review --data {data_dir}")
 
 
 @dataset_group.command("demo")

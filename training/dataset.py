@@ -15,8 +15,10 @@ import imagehash
 import numpy as np
 from tqdm.auto import tqdm
 
+from .classnames import class_names, names_for
 from .fsutil import write_json
 from .imaging import ImageError, is_image_file, open_image
+from .labels import Applied, apply_decisions
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ class DatasetScan:
     classes: list[str]
     items: list[Item]
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    decisions: Applied | None = None  # what DATA/labels.csv changed
+    names: dict[str, str] = field(default_factory=dict)  # display names (DATA/classes.toml or from the ids)
+
+    def __post_init__(self):
+        self.names = names_for(self.classes, self.names)
 
     def counts(self) -> dict[str, int]:
         """Readable images per class."""
@@ -75,6 +82,13 @@ def list_images(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     return classes, files
 
 
+def labelled_images(root: Path) -> tuple[list[str], list[tuple[str, str]], Applied]:
+    """`list_images` with the data owner's decisions (DATA/labels.csv) applied; and what they changed."""
+    classes, files = list_images(root)
+    files, applied = apply_decisions(root, classes, files)
+    return classes, files, applied
+
+
 def _fingerprint_file(path: str) -> tuple[str, int] | str:
     """(sha256, perceptual hash) of one image file, or the reason it cannot be read."""
     try:
@@ -93,7 +107,7 @@ def default_cache_dir() -> Path:
 def scan_dataset(root: str | os.PathLike, cache_dir: Path | None = None, progress: bool = True) -> DatasetScan:
     """Read every image once (cached by size and mtime) and return readable items with fingerprints."""
     root = Path(root).resolve()
-    classes, files = list_images(root)
+    classes, files, applied = labelled_images(root)
     cache_dir = cache_dir or default_cache_dir()
     cache_file = cache_dir / f"fingerprints-{hashlib.sha1(str(root).encode()).hexdigest()[:12]}.json"
     try:
@@ -136,8 +150,9 @@ def scan_dataset(root: str | os.PathLike, cache_dir: Path | None = None, progres
             log.warning("skipping unreadable image %s: %s", relpath, entry[2])
         else:
             items.append(Item(relpath, label, entry[2], int(entry[3], 16)))
+    names = class_names(root, classes)
     classes = [c for c in classes if any(i.label == c for i in items)]
-    return DatasetScan(root, classes, items, unreadable)
+    return DatasetScan(root, classes, items, unreadable, applied, {c: names[c] for c in classes})
 
 
 def duplicate_groups(items: list[Item], max_bits: int = NEAR_DUPLICATE_BITS) -> list[list[int]]:
@@ -233,6 +248,7 @@ def dataset_report(scan: DatasetScan) -> dict:
     return {
         "root": str(scan.root),
         "classes": scan.classes,
+        "names": scan.names,
         "counts": scan.counts(),
         "images": len(scan.items),
         "unreadable": [{"file": f, "reason": r} for f, r in scan.unreadable],
@@ -240,4 +256,5 @@ def dataset_report(scan: DatasetScan) -> dict:
         "duplicate_images": sum(len(g) for g in groups) - len(groups),
         "cross_class_groups": [g for g in described if len(g["labels"]) > 1],
         "fingerprint": scan.fingerprint(),
+        "decisions": scan.decisions.as_dict() if scan.decisions else None,
     }

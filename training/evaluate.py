@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .dataset import DatasetError, list_images
+from .dataset import DatasetError, labelled_images
 from .imaging import ImageError, open_image
 from .inference import Predictor
 from .metrics import classification_metrics
@@ -17,7 +17,7 @@ from .predict_files import expand_paths
 def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int = 32, progress: bool = True) -> dict:
     """Accuracy, macro-F1, per-class scores, confusion matrix and the mistakes; unknown and unreadable files listed."""
     root = Path(data_dir)
-    _, files = list_images(root)
+    _, files, applied = labelled_images(root)  # the data owner's relabels and exclusions count here too
     known = {name: k for k, name in enumerate(predictor.classes)}
     unknown: dict[str, int] = {}
     unreadable: list[dict] = []
@@ -57,6 +57,7 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
     result["tta"] = predictor.describe()["tta"]
     result["unknown_classes"] = unknown
     result["unreadable"] = unreadable
+    result["decisions"] = applied.as_dict()
     result["mistakes"] = mistake_rows(scored, probs, targets, predictor.classes)
     if predictor.scope is not None:
         in_scope = predictor.scope.in_scope(np.array(scope_scores))
@@ -99,6 +100,12 @@ def _try_open(path: Path):
         return None
 
 
+def decisions_line(applied: dict) -> str:
+    """What the data folder's labels.csv changed, in one line."""
+    return (f"Honoured {applied['file']}: {applied['relabelled']} relabelled, {applied['excluded']} excluded, "
+            f"{applied['kept']} kept as labelled")
+
+
 def evaluation_summary(result: dict) -> str:
     """A readable, one-screen summary of `evaluate_folder`'s result."""
     lines = [f"Accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   on {result['n']} images", ""]
@@ -118,6 +125,8 @@ def evaluation_summary(result: dict) -> str:
             f"{k} ({v})" for k, v in result["unknown_classes"].items()))
     if result["unreadable"]:
         lines.append(f"Skipped {len(result['unreadable'])} unreadable files")
+    if result.get("decisions") and (result["decisions"]["relabelled"] or result["decisions"]["excluded"]):
+        lines.append(decisions_line(result["decisions"]))
     if "scope" in result:
         lines.append(f"Out of scope by the model's detector: {result['scope']['rejected']:.1%} of these photos "
                      f"(threshold {result['scope']['threshold']:.4f})")

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .backbones import get_backbone
 from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
 from .fsutil import atomic_path, sha256_file
-from .learner import CPUAutocast
+from .learner import CPUAutocast, LabelOf
 from .metrics import classification_metrics, plot_confusion_matrix
 from .mistakes import mistake_rows, write_mistakes_csv
 from .openset import ScopeDetector, feature_forward, fit_scope, image_features
@@ -37,7 +37,8 @@ def finish_run(learn, run: Run) -> dict:
     detector, scope = fit_scope_detector(learn, run)
     trained_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     model_sha = export_learner(learn, run, calibration["temperature"], trained_at, detector)
-    plot_confusion_matrix(metrics["confusion_matrix"], run.scan.classes, run.out / CONFUSION_MATRIX_PNG)
+    plot_confusion_matrix(metrics["confusion_matrix"], [run.scan.names[c] for c in run.scan.classes],
+                          run.out / CONFUSION_MATRIX_PNG)
     report = build_report(run, learn, metrics, calibration, trained_at, model_sha)
     report = write_report(run.out, {**report, "scope": scope})
     run.state["exported"] = True
@@ -57,8 +58,9 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     for name, dataset in (("train", learn.dls.train_ds), ("valid", learn.dls.valid_ds)):
         paths = [str(p) for p in dataset.items]
         _, features[name] = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, progress)
-    # The training photos' own labels (their folders, as fastai's parent_label reads them), not the model's answers.
-    labels = [run.scan.classes.index(Path(p).parent.name) for p in learn.dls.train_ds.items]
+    # The training photos' own labels (folder or relabel, as the DataLoaders read them), not the model's answers.
+    label_of = LabelOf.from_frame(run.frame)
+    labels = [run.scan.classes.index(label_of(p)) for p in learn.dls.train_ds.items]
     detector = fit_scope(features["train"], labels, features["valid"])
     rejected = float((~detector.in_scope(detector.scores(features["valid"]))).mean())
     figures = {"method": "mahalanobis", "threshold": round(detector.threshold, 6), "keep": detector.keep,
@@ -74,7 +76,8 @@ def export_learner(learn, run: Run, temperature: float, trained_at: str, detecto
     spec = get_backbone(last.backbone)
     learn.meta = ModelMeta(classes=list(run.scan.classes), backbone=last.backbone, size=last.size,
                            mean=list(spec.mean), std=list(spec.std), recipe=run.recipe.name, trained_at=trained_at,
-                           temperature=temperature, scope=detector.to_meta() if detector else None)
+                           temperature=temperature, scope=detector.to_meta() if detector else None,
+                           names=dict(run.scan.names))
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
     with atomic_path(run.out / EXPORT) as tmp:
         learn.export(tmp)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .classnames import names_for
 from .imaging import to_batch
 from .openset import ScopeDetector, WithFeatures
 from .runfiles import REPORT, RunFileError, check_meta, model_file, read_report
@@ -30,6 +31,7 @@ class Prediction:
 
     labels: list[str]
     probabilities: list[float]
+    names: list[str] | None = None     # display names, parallel to `labels`
     scope_score: float | None = None   # likeness to the training photos; None for a model without a detector
     in_scope: bool = True              # False: none of the classes, by the model's detector
 
@@ -42,7 +44,8 @@ class Prediction:
         top = self.top(top_k)
         return {
             "filename": filename,
-            "predictions": [{"label": label, "probability": round(p, 6)} for label, p in top],
+            "predictions": [{"label": label, "name": name, "probability": round(p, 6)}
+                            for (label, p), name in zip(top, self.names or [label for label, _ in top])],
             # Which of the known classes: the top ones are close (the calibrated "not sure" line).
             "uncertain": top[0][1] < unsure_below,
             # Whether it is one of the known classes at all (always true for a model without a detector).
@@ -64,6 +67,7 @@ class Predictor:
         self.sha256: str | None = None  # of the bytes actually loaded; set by `load`
         meta = getattr(learn, "meta", None) or {}
         self.classes: list[str] = list(meta.get("classes") or learn.dls.vocab)
+        self.names: dict[str, str] = names_for(self.classes, meta.get("names"))
         self.size: int = int(meta["size"])
         self.mean = tuple(meta["mean"])
         self.std = tuple(meta["std"])
@@ -127,7 +131,8 @@ class Predictor:
         for row, score in zip(probabilities, scope_scores):
             order = np.argsort(-row)
             scope = {} if score is None else {"scope_score": float(score), "in_scope": bool(score >= self.scope.threshold)}
-            results.append(Prediction([self.classes[i] for i in order], [float(row[i]) for i in order], **scope))
+            labels = [self.classes[i] for i in order]
+            results.append(Prediction(labels, [float(row[i]) for i in order], [self.names[c] for c in labels], **scope))
         return results
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
@@ -176,6 +181,7 @@ class Predictor:
         """What is loaded, for pages and the API."""
         return {
             "classes": self.classes,
+            "names": self.names,
             "backbone": self.meta.get("backbone"),
             "size": self.size,
             "recipe": self.meta.get("recipe"),

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from fastai.callback.core import Callback
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
-from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize, parent_label
+from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import accuracy, error_rate
@@ -27,9 +27,24 @@ def image_block() -> TransformBlock:
     return TransformBlock(type_tfms=load_rgb, batch_tfms=IntToFloatTensor)
 
 
+class LabelOf:
+    """fastai's get_y: a photo's class folder, unless the data owner relabelled it (DATA/labels.csv)."""
+
+    def __init__(self, relabels: dict[str, str]):
+        self.relabels = relabels
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> LabelOf:
+        """From a split frame's `path` and `label` columns: only the rows whose label differs from their folder."""
+        return cls({path: label for path, label in zip(frame["path"], frame["label"]) if Path(path).parent.name != label})
+
+    def __call__(self, path) -> str:
+        return self.relabels.get(str(path), Path(path).parent.name)
+
+
 def make_dataloaders(frame: pd.DataFrame, classes: list[str], backbone: str, size: int, bs: int,
                      augment: bool = True, seed: int = 42, device=None, num_workers: int = 0):
-    """DataLoaders from a frame of `path` (DATA/<class>/<file>) and `is_valid` columns at one image size."""
+    """DataLoaders from a frame of `path` (DATA/<class>/<file>), `label` and `is_valid` columns at one image size."""
     spec = get_backbone(backbone)
     batch_tfms = []
     if augment:
@@ -39,7 +54,7 @@ def make_dataloaders(frame: pd.DataFrame, classes: list[str], backbone: str, siz
     batch_tfms.append(Normalize.from_stats(spec.mean, spec.std))
     block = DataBlock(
         blocks=(image_block(), CategoryBlock(vocab=classes)),
-        get_y=parent_label,
+        get_y=LabelOf.from_frame(frame),
         splitter=IndexSplitter(np.flatnonzero(frame["is_valid"].to_numpy())),
         item_tfms=SquarePad(size),
         batch_tfms=batch_tfms,

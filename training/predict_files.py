@@ -46,7 +46,7 @@ def results_table(results: list[dict]) -> str:
     lines = [f"{'file':<{width}}  {'prediction':<28}{'prob':>7}  {'not sure':<9}{'in scope':<8}"]
     for r in results:
         best = r["predictions"][0]
-        label = best["label"] if r["in_scope"] else f"({best['label']})"
+        label = best["name"] if r["in_scope"] else f"({best['name']})"
         lines.append(f"{r['filename']:<{width}}  {label:<28}{best['probability']:>7.3f}  "
                      f"{'yes' if r['uncertain'] else 'no':<9}{'yes' if r['in_scope'] else 'no':<8}")
     return "\n".join(lines)

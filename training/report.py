@@ -38,6 +38,7 @@ def build_report(run: Run, learn, metrics: dict, calibration: dict, trained_at: 
     scan = run.scan
     return Report(
         classes=scan.classes,
+        names=scan.names,
         backbone=last.backbone,
         size=last.size,
         recipe=run.recipe.to_dict(),
@@ -45,7 +46,8 @@ def build_report(run: Run, learn, metrics: dict, calibration: dict, trained_at: 
         split_seed=run.recipe.seed,
         dataset={"root": str(scan.root), "fingerprint": scan.fingerprint(), "images": len(scan.items),
                  "train_images": len(learn.dls.train_ds), "valid_images": len(learn.dls.valid_ds),
-                 "unreadable": len(scan.unreadable), "counts": scan.counts()},
+                 "unreadable": len(scan.unreadable), "counts": scan.counts(),
+                 "decisions": scan.decisions.as_dict() if scan.decisions else None},
         stages=run.completed,
         validation=metrics,
         calibration=calibration,

@@ -35,6 +35,7 @@ class ModelMeta(TypedDict):
     trained_at: str
     temperature: float
     scope: dict | None  # the "not one of my classes" detector (training.openset.ScopeDetector.to_meta)
+    names: dict[str, str]  # class id -> display name (training.classnames); absent from older exports
 
 
 class Validation(TypedDict, total=False):
@@ -53,6 +54,7 @@ class Report(TypedDict, total=False):
 
     schema_version: int
     classes: list[str]
+    names: dict[str, str]
     backbone: str
     size: int
     recipe: dict

@@ -33,7 +33,7 @@ def init_app(app: Flask) -> None:
     from training.cli import COMMANDS
     from training.imaging import allow_pixels
 
-    from . import api, errors, pages, security
+    from . import api, errors, pages, review, security
     from .model import EXTENSION, ModelHolder
 
     app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
@@ -43,5 +43,6 @@ def init_app(app: Flask) -> None:
     errors.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    review.init_app(app)
     for command in COMMANDS:
         app.cli.add_command(command)

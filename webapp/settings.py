@@ -73,4 +73,7 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
         "RATE_LIMIT_PER_MINUTE": _env_number(env, "GUITARS_RATE_LIMIT", 0),
         "PROXY_HOPS": _env_number(env, "GUITARS_PROXY_HOPS", 0),
         "SECRET_KEY": secret or development_secret(instance_dir),
+        # The review page (webapp/review.py) exists only when both are set; `flask review` sets them itself.
+        "REVIEW_DATA": env.get("GUITARS_REVIEW_DATA") or None,
+        "REVIEW_TOKEN": env.get("GUITARS_REVIEW_TOKEN") or None,
     }

@@ -1,0 +1,127 @@
+"""The review page: the data owner walks the review queue and keeps, relabels or excludes photos (off by default)."""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import click
+from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, send_from_directory, session, url_for
+from werkzeug.serving import run_simple
+
+from training.labels import DECISIONS, latest_decisions, read_decisions, record_decision, undo_last_decision
+from training.review import queue_path, read_queue
+
+bp = Blueprint("review", __name__, url_prefix="/review")
+TOKEN_KEY = "review_token"  # the session key that remembers a browser has shown the token
+
+
+def data_root() -> Path:
+    return Path(current_app.config["REVIEW_DATA"])
+
+
+def load_queue() -> dict:
+    """The queue `flask dataset review` wrote for the configured data folder."""
+    path = queue_path(data_root(), current_app.config.get("REVIEW_QUEUE"))
+    try:
+        return read_queue(path)
+    except FileNotFoundError:
+        abort(404, f"No review queue yet: run `flask --app wsgi dataset review --data {data_root().name}` first.")
+
+
+@bp.before_request
+def require_token():
+    """Only a browser that has shown the operator's token may see or change anything."""
+    expected = current_app.config["REVIEW_TOKEN"]
+    given = request.args.get("token")
+    if given is not None and secrets.compare_digest(given, expected):
+        session[TOKEN_KEY] = expected
+    elif not secrets.compare_digest(session.get(TOKEN_KEY, ""), expected):
+        abort(403, "The review page needs the token printed by `flask review`: open the link it printed.")
+
+
+def next_open(entries: list[dict], decided: dict, after: int = -1) -> int | None:
+    """The first undecided entry after `after` (wrapping round), or None when every one is decided."""
+    order = list(range(after + 1, len(entries))) + list(range(0, after + 1))
+    return next((i for i in order if entries[i]["path"] not in decided), None)
+
+
+@bp.get("/")
+def start():
+    queue = load_queue()
+    index = next_open(queue["entries"], latest_decisions(read_decisions(data_root())))
+    if index is None:
+        return render_template("review_done.html", queue=queue)
+    return redirect(url_for("review.entry", index=index))
+
+
+@bp.get("/<int:index>")
+def entry(index: int):
+    queue = load_queue()
+    entries = queue["entries"]
+    if not 0 <= index < len(entries):
+        abort(404, "There is no such entry in the review queue.")
+    decided = latest_decisions(read_decisions(data_root()))
+    return render_template("review.html", queue=queue, index=index, entry=entries[index],
+                           decision=decided.get(entries[index]["path"]),
+                           done=sum(e["path"] in decided for e in entries), next_index=next_open(entries, decided, index))
+
+
+@bp.post("/<int:index>")
+def decide(index: int):
+    queue = load_queue()
+    entries = queue["entries"]
+    if not 0 <= index < len(entries):
+        abort(404, "There is no such entry in the review queue.")
+    decision, label = request.form.get("decision", ""), request.form.get("label", "")
+    if decision not in DECISIONS or (decision == "relabel" and label not in queue["classes"]):
+        abort(400, f"Choose one of {', '.join(DECISIONS)}; a relabel needs one of the classes.")
+    record_decision(data_root(), entries[index]["path"], decision, label)
+    following = next_open(entries, latest_decisions(read_decisions(data_root())), index)
+    return redirect(url_for("review.start") if following is None else url_for("review.entry", index=following))
+
+
+@bp.post("/undo")
+def undo():
+    undone = undo_last_decision(data_root())
+    paths = [e["path"] for e in load_queue()["entries"]]
+    if undone is None or undone.path not in paths:
+        return redirect(url_for("review.start"))
+    return redirect(url_for("review.entry", index=paths.index(undone.path)))
+
+
+@bp.get("/photo/<path:relpath>")
+def photo(relpath: str):
+    # Only photos the queue names (and their duplicates) are served: the page is no file browser.
+    queue = load_queue()
+    allowed = {e["path"] for e in queue["entries"]} | {p for e in queue["entries"] for p in e["group"]}
+    if relpath not in allowed:
+        abort(404)
+    return send_from_directory(data_root(), relpath, max_age=0)
+
+
+@click.command("review")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--queue", "queue_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The queue to walk [default: DATA/review-queue.json].")
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", envvar="GUITARS_REVIEW_TOKEN", help="The page's access token [default: a new random one].")
+def review_command(data_dir, queue_file, port, token):
+    """Serve the review page for DATA on 127.0.0.1 only, behind a token; decisions go to DATA/labels.csv."""
+    from . import create_app
+
+    token = token or secrets.token_urlsafe(16)
+    config = {**current_app.config, "REVIEW_DATA": str(data_dir.resolve()), "REVIEW_TOKEN": token,
+              "REVIEW_QUEUE": str(queue_file) if queue_file else None}
+    app = create_app(config)
+    click.echo(f"Review {data_dir} at http://127.0.0.1:{port}/review/?token={token}  (Ctrl+C to stop)")
+    # werkzeug's server on loopback: one person's tool, not a public site (that is gunicorn's job).
+    run_simple("127.0.0.1", port, app, threaded=True)
+
+
+def init_app(app: Flask) -> None:
+    """Register the page only when a data folder and a token are configured; always offer the command."""
+    app.cli.add_command(review_command)
+    if app.config.get("REVIEW_DATA"):
+        if not app.config.get("REVIEW_TOKEN"):
+            raise ValueError("the review page needs a token (GUITARS_REVIEW_TOKEN) as well as GUITARS_REVIEW_DATA")
+        app.register_blueprint(bp)
