@@ -36,6 +36,8 @@ class LabelOf:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> LabelOf:
         """From a split frame's `path` and `label` columns: only the rows whose label differs from their folder."""
+        if "label" not in frame:  # a frame of paths alone: every photo is labelled by its folder
+            return cls({})
         return cls({path: label for path, label in zip(frame["path"], frame["label"]) if Path(path).parent.name != label})
 
     def __call__(self, path) -> str:

@@ -20,6 +20,9 @@ from .openset import FEATURE_BATCH, fit_scope
 REVIEW_QUEUE = "review-queue.json"
 REVIEW_BACKBONE = "efficientnet_lite0"
 FOLDS = 5
+# Perceptual hashes alone group different guitars shot alike on white (docs/experiments.md); a queued duplicate
+# must also look the same to the backbone.
+SAME_PHOTO_COSINE = 0.97
 OUT_OF_SCOPE_KEEP = 0.99  # the 1% of photos least like the rest are queued as possibly none of the classes
 # Queue order: what most likely hurts training first.
 TIERS = {"label_issue": 0, "cross_class_duplicate": 0, "unreadable": 1, "out_of_scope": 2, "duplicate_in_class": 3}
@@ -115,6 +118,24 @@ def _with_probabilities(entries, scan, probs, labels, quality) -> dict[int, Entr
     return entries
 
 
+def confirmed_groups(scan: DatasetScan, groups: list[list[int]], features: np.ndarray) -> list[list[int]]:
+    """Each hash group split into the photos that are the same to the backbone too (or byte for byte)."""
+    from scipy.sparse.csgraph import connected_components
+
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    confirmed = []
+    for members in groups:
+        same = unit[members] @ unit[members].T >= SAME_PHOTO_COSINE
+        hashes = np.array([scan.items[i].sha256 for i in members])
+        same |= hashes[:, None] == hashes[None, :]
+        _, component = connected_components(same, directed=False)
+        for number in np.unique(component):
+            split = [members[k] for k in np.flatnonzero(component == number)]
+            if len(split) > 1:
+                confirmed.append(split)
+    return confirmed
+
+
 def duplicate_entries(scan: DatasetScan, groups: list[list[int]]) -> dict[int, list[str]]:
     """Reasons by photo: every member of a group that spans classes; all but the first of a group within one."""
     reasons: dict[int, list[str]] = {}
@@ -153,6 +174,7 @@ def build_queue(data_dir: str | Path, backbone: str = REVIEW_BACKBONE, progress:
     features = backbone_features(scan, backbone, progress)
     probs = out_of_sample_probabilities(features, labels, groups)
     entries = label_issue_entries(scan, probs, labels)
+    duplicates = confirmed_groups(scan, duplicates, features)
     for index, reasons in duplicate_entries(scan, duplicates).items():
         entries.setdefault(index, Entry(scan.items[index].relpath, scan.items[index].label)).reasons.extend(reasons)
     for index in out_of_scope_indices(features, labels, groups):
