@@ -61,12 +61,18 @@ def drip(port: int, stop: threading.Event, slow_body: bool) -> None:
                 return
 
 
+@pytest.fixture(scope="module")
+def deployment(trained_run, tmp_path_factory):
+    """One deployment for both fronts: nginx's URL and gunicorn's own."""
+    with deployed(trained_run, tmp_path_factory.mktemp("deploy")) as urls:
+        yield urls
+
+
 @pytest.mark.parametrize("front", ["nginx", pytest.param("bare gunicorn", marks=pytest.mark.xfail(
     strict=True, reason="without nginx, each dripping client holds a gunicorn thread: why deploy/ exists"))])
-def test_a_real_photo_is_answered_within_2_s_while_50_clients_drip(trained_run, tmp_path, demo_data, front):
-    with deployed(trained_run, tmp_path) as (public, private):
-        url = public if front == "nginx" else private
-        assert_answered_while_dripping(url, demo_data)
+def test_a_real_photo_is_answered_within_2_s_while_50_clients_drip(deployment, demo_data, front):
+    public, private = deployment
+    assert_answered_while_dripping(public if front == "nginx" else private, demo_data)
 
 
 def assert_answered_while_dripping(url, demo_data):

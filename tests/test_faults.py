@@ -14,6 +14,13 @@ from training.fsutil import atomic_path
 from webapp import create_app
 
 
+def resume_in_process(command: list[str]) -> str:
+    """The killed command again with --resume, through the Flask CLI in this process (it has torch loaded already)."""
+    result = create_app({"TESTING": True}).test_cli_runner().invoke(args=[*command[3:], "--resume"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 @pytest.mark.slow
 def test_run_killed_between_stages_resumes_to_the_same_files(demo_data, trained_run, tmp_path):
     out = tmp_path / "run"
@@ -31,9 +38,8 @@ def test_run_killed_between_stages_resumes_to_the_same_files(demo_data, trained_
     assert len(json.loads(state.read_text())["completed"]) == 1
     assert not (out / "export.pkl").exists()
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "done earlier, skipped" in resumed.stdout
+    resumed = resume_in_process(command)
+    assert "done earlier, skipped" in resumed
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert files == sorted(p.name for p in trained_run.iterdir() if not p.name.startswith("."))
     report = json.loads((out / "report.json").read_text())
@@ -110,8 +116,7 @@ def test_resumed_run_counts_the_killed_stages_epochs_against_its_budget(demo_dat
     lost = killed["running"]["seconds"]
     assert lost > 0
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    resume_in_process(command)
     fixed, elastic = json.loads((out / "report.json").read_text())["stages"]
     assert len(fixed["epochs"]) == 3  # the killed stage was redone from its start
     assert elastic["budget"]["lost_seconds"] == pytest.approx(lost)

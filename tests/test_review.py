@@ -174,11 +174,11 @@ def test_relabel_exclude_undo_in_the_browser_then_training_honours_it(review_ser
     out = tmp_path / "run"
     (data / "classes.toml").write_text('flying_v = "Gibson Flying V"\n')
     try:
-        trained = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(data), "--recipe", "smoke",
-                                  "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+        trained = create_app({"TESTING": True}).test_cli_runner().invoke(
+            args=["train", "--data", str(data), "--recipe", "smoke", "--out", str(out), "--no-progress"])
     finally:
         (data / "classes.toml").unlink()
-    assert trained.returncode == 0, trained.stderr
+    assert trained.exit_code == 0, trained.output
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"]["decisions"]["relabelled"] == 1 and report["dataset"]["decisions"]["excluded"] == 1
     assert report["names"]["flying_v"] == "Gibson Flying V" and report["names"]["les_paul"] == "Les Paul"

@@ -21,6 +21,8 @@ from .recipes import Stage
 from .runfiles import lr_find_png
 from .runstate import Run, load_checkpoint, save_checkpoint, save_progress, save_state
 
+LR_FIND_STEPS, LR_FIND_MIN_STEPS, LR_FIND_PASSES = 100, 30, 5
+
 
 class EpochTable(Callback):
     """Record the blog's per-epoch table: train_loss, valid_loss, error_rate, accuracy, seconds."""
@@ -95,8 +97,11 @@ def find_lr(learn, run: Run, stage_name: str, cbs) -> float:
     import matplotlib.pyplot as plt
 
     learn.add_cbs(cbs)  # lr_find takes no cbs argument; run it under the same precision as the fit
+    # fastai's 100 steps, but no more than a few passes over a small training set: the sweep is no better for
+    # showing the same photos dozens of times.
+    steps = min(LR_FIND_STEPS, max(LR_FIND_MIN_STEPS, LR_FIND_PASSES * len(learn.dls.train)))
     try:
-        suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=True)
+        suggestion = learn.lr_find(num_it=steps, suggest_funcs=(valley,), show_plot=True)
     finally:
         learn.remove_cbs(cbs)
     with atomic_path(lr_find_png(run.out, stage_name)) as tmp:
