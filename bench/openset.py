@@ -3,7 +3,8 @@
     python -m bench.openset RUN_DIR DATA_DIR OOD_DIR
 
 Each score is thresholded to keep 95% of the validation photos, as the shipped detector is; OOD_DIR's sub-folders
-(e.g. near/, far/) are reported apart. Features are cached in RUN_DIR/openset_features.npz (delete it after retraining).
+(e.g. near/, far/) are reported apart. Features are cached in RUN_DIR/openset_features.npz and the ImageNet check's
+logits in RUN_DIR/openset_imagenet.npz (delete both after retraining).
 """
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from training.inference import Predictor
-from training.openset import DEFAULT_KEEP, feature_forward, fit_scope, image_features
+from training.openset import (
+    DEFAULT_KEEP,
+    IMAGENET_CLASSES,
+    ImageNetCheck,
+    feature_forward,
+    fit_scope,
+    image_features,
+    profile_scores,
+)
 from training.predict_files import expand_paths
+from training.runtimes import make_forward
 
 KNN_KS = (1, 10, 50)
 
@@ -49,6 +59,24 @@ def load_features(run: Path, data: Path, ood: Path) -> dict[str, tuple[np.ndarra
     return sets
 
 
+def imagenet_logits(run: Path, data: Path, ood: Path) -> dict[str, np.ndarray]:
+    """The ImageNet check's logits of every set, at the model's size and normalisation, as training computes them."""
+    cache = run / "openset_imagenet.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    predictor = Predictor.load(run, runtime="torch")
+    forward = make_forward(ImageNetCheck(predictor.mean, predictor.std).eval(), predictor.size, "openvino")[1]
+    split = json.loads((run / "split.json").read_text())["items"]
+    paths = {"train": [data / r["path"] for r in split if not r["is_valid"]],
+             "valid": [data / r["path"] for r in split if r["is_valid"]]}
+    for group in sorted(p for p in ood.iterdir() if p.is_dir()):
+        paths[group.name] = expand_paths([group])
+    logits = {name: image_features(forward, files, predictor.size, predictor.mean, predictor.std, IMAGENET_CLASSES)[0]
+              for name, files in paths.items()}
+    np.savez(cache, **logits)
+    return logits
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
@@ -60,6 +88,7 @@ def normalise(features: np.ndarray) -> np.ndarray:
 
 def main(run: Path, data: Path, ood: Path) -> None:
     sets = load_features(run, data, ood)
+    imagenet = imagenet_logits(run, data, ood)
     train_logits, train_features = sets.pop("train")
     split = json.loads((run / "split.json").read_text())["items"]
     classes = sorted({r["label"] for r in split})
@@ -69,18 +98,24 @@ def main(run: Path, data: Path, ood: Path) -> None:
         "max logit": lambda lg, ft: lg.max(1),
         "energy": lambda lg, ft: np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1),
     }
-    shipped = fit_scope(train_features, train_labels, sets["valid"][1])
-    scores["Mahalanobis (shipped)"] = lambda lg, ft: shipped.scores(ft)
+    features_only = fit_scope(train_features, train_labels, sets["valid"][1])
+    scores["Mahalanobis alone"] = lambda lg, ft: features_only.scores(ft)
+    shipped = fit_scope(train_features, train_labels, sets["valid"][1], train_imagenet=imagenet["train"],
+                        valid_imagenet=imagenet["valid"])
+    check_of = {id(sets[name][1]): imagenet[name] for name in sets}  # each set's check logits, by its features
+    scores["ImageNet profile alone"] = lambda lg, ft: profile_scores(check_of[id(ft)], shipped.profile_weights)
+    scores["Mahalanobis + ImageNet (shipped)"] = lambda lg, ft: shipped.scores(ft, profile_scores(check_of[id(ft)],
+                                                                                                   shipped.profile_weights))
     bank = normalise(train_features)
     for k in KNN_KS:  # Sun et al. 2022: cosine similarity to the k-th nearest normalised training feature
         scores[f"kNN k={k}"] = lambda lg, ft, k=k: -np.partition(-(normalise(ft) @ bank.T), k - 1, axis=1)[:, k - 1]
     groups = [name for name in sets if name != "valid"]
-    header = f"{'score':<30}" + "".join(f"{'AUROC ' + g:>16}{'rejected ' + g:>16}" for g in groups)
+    header = f"{'score':<34}" + "".join(f"{'AUROC ' + g:>16}{'rejected ' + g:>16}" for g in groups)
     print(f"\nIn scope: {len(sets['valid'][0])} validation photos; threshold keeps {DEFAULT_KEEP:.0%} of them\n{header}")
     for name, score in scores.items():
         valid = score(*sets["valid"])
         threshold = np.quantile(valid, 1 - DEFAULT_KEEP)
-        row = f"{name:<30}"
+        row = f"{name:<34}"
         for group in groups:
             other = score(*sets[group])
             labels = np.r_[np.ones(len(valid)), np.zeros(len(other))]
@@ -89,7 +124,7 @@ def main(run: Path, data: Path, ood: Path) -> None:
     stored = np.load(run / "openset_features.npz")
     for group in groups:
         categories = stored[f"{group}_categories"]
-        rejected = ~shipped.in_scope(shipped.scores(sets[group][1]))
+        rejected = ~shipped.in_scope(scores["Mahalanobis + ImageNet (shipped)"](*sets[group]))
         print(f"\nShipped detector, {group}, by category: " + ", ".join(
             f"{c} {rejected[categories == c].mean():.0%} of {(categories == c).sum()}" for c in np.unique(categories)))
 

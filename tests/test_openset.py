@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import upload
-from training.openset import ScopeDetector, fit_scope
+from training.openset import ScopeDetector, fit_scope, profile_scores
 from training.runfiles import read_report
 
 
@@ -46,6 +46,46 @@ def test_the_detector_survives_the_trip_through_the_model_metadata():
     assert again.threshold == detector.threshold and ScopeDetector.from_meta(None) is None
 
 
+def test_the_imagenet_profile_rejects_what_the_features_alone_accept():
+    rng = np.random.default_rng(2)
+    known = rng.standard_normal((3, 32))
+    labels = np.repeat(np.arange(3), 200)
+    # The training photos are "electric guitars" (ImageNet class 546) to the check; the violin (889) is not,
+    # though its features sit among the known classes (a near photo the fine-tuned features cannot tell apart).
+    def imagenet(n, top):
+        logits = rng.standard_normal((n, 1000))
+        logits[:, top] += 8.0
+        return logits
+
+    detector = fit_scope(clusters(rng, known, 200), labels, clusters(rng, known, 40), train_imagenet=imagenet(600, 546),
+                         valid_imagenet=imagenet(120, 546))
+    assert detector.method == "mahalanobis+imagenet"
+    violins = clusters(rng, known, 20)
+    features_only = fit_scope(clusters(rng, known, 200), labels, clusters(rng, known, 40))
+    assert features_only.in_scope(features_only.scores(violins)).mean() > 0.8
+    guitars, others = imagenet(60, 546), imagenet(60, 889)
+    kept = detector.in_scope(detector.scores(violins, profile_scores(guitars, detector.profile_weights))).mean()
+    rejected = ~detector.in_scope(detector.scores(violins, profile_scores(others, detector.profile_weights)))
+    assert kept > 0.8 and rejected.all()
+    again = ScopeDetector.from_meta(detector.to_meta())
+    profile = profile_scores(others, again.profile_weights)
+    assert np.allclose(again.scores(violins, profile), detector.scores(violins, profile), atol=1e-3)
+
+
+def test_the_served_graph_computes_the_profile_as_numpy_does():
+    import torch
+
+    from training.openset import ImageNetCheck, ImageNetProfile
+
+    check = ImageNetCheck((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).eval()
+    weights = np.random.default_rng(3).dirichlet(np.ones(1000)).astype(np.float32)
+    batch = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        served = ImageNetProfile(check, weights)(batch)[:, 0].numpy()
+        expected = profile_scores(check(batch).numpy(), weights)
+    assert served == pytest.approx(expected, abs=1e-4)
+
+
 def drawn_non_guitars(count: int = 6) -> list[bytes]:
     """Noise and fine stripes: nothing a model of drawn guitars has seen (plain shapes on plain backgrounds,
     which the demo guitars are made of, are not reliably "other" for a model trained seconds on 42 photos)."""
@@ -66,7 +106,7 @@ def drawn_non_guitars(count: int = 6) -> list[bytes]:
 
 def test_training_fits_a_detector_and_the_api_says_what_is_out_of_scope(client, trained_run, demo_data):
     scope = read_report(trained_run)["scope"]
-    assert scope["method"] == "mahalanobis" and scope["keep"] == 0.95 and scope["valid_rejected"] <= 0.2
+    assert scope["method"] == "mahalanobis+imagenet" and scope["keep"] == 0.95 and scope["valid_rejected"] <= 0.2
     assert client.get("/api/v1/model").json["scope"]["threshold"] == pytest.approx(scope["threshold"], abs=1e-6)
     files = [upload(data, f"drawn-{k}.png") for k, data in enumerate(drawn_non_guitars())]
     results = client.post("/api/v1/predict", data={"file": files}, content_type="multipart/form-data").json["results"]

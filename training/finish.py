@@ -17,7 +17,7 @@ from .fsutil import atomic_path, sha256_file
 from .learner import CPUAutocast, LabelOf
 from .metrics import classification_metrics, plot_confusion_matrix
 from .mistakes import mistake_rows, write_mistakes_csv
-from .openset import ScopeDetector, feature_forward, fit_scope, image_features
+from .openset import IMAGENET_CLASSES, ImageNetCheck, ScopeDetector, feature_forward, fit_scope, image_features, profile_scores
 from .report import build_report, summary_text
 from .runfiles import CONFUSION_MATRIX_PNG, EXPORT, MISTAKES_CSV, TOP_LOSSES_PNG, ModelMeta, write_report
 from .runstate import Run, save_state
@@ -53,20 +53,24 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     spec = get_backbone(last.backbone)
     progress = (lambda it: tqdm(it, desc="Scope features", leave=False)) if run.progress else None
     n_classes = len(run.scan.classes)
-    forward = feature_forward(learn.model, last.size, n_classes, run.device)
-    features = {}
+    # One pass gives the model's features and the ImageNet check's logits: [logits | features | ImageNet logits].
+    forward = feature_forward(learn.model, last.size, n_classes, run.device, check=ImageNetCheck(spec.mean, spec.std))
+    features, imagenet = {}, {}
     for name, dataset in (("train", learn.dls.train_ds), ("valid", learn.dls.valid_ds)):
         paths = [str(p) for p in dataset.items]
-        _, features[name] = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, progress)
+        _, both = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, progress)
+        features[name], imagenet[name] = both[:, :-IMAGENET_CLASSES], both[:, -IMAGENET_CLASSES:]
     # The training photos' own labels (folder or relabel, as the DataLoaders read them), not the model's answers.
     label_of = LabelOf.from_frame(run.frame)
     labels = [run.scan.classes.index(label_of(p)) for p in learn.dls.train_ds.items]
-    detector = fit_scope(features["train"], labels, features["valid"])
-    rejected = float((~detector.in_scope(detector.scores(features["valid"]))).mean())
-    figures = {"method": "mahalanobis", "threshold": round(detector.threshold, 6), "keep": detector.keep,
+    detector = fit_scope(features["train"], labels, features["valid"], train_imagenet=imagenet["train"],
+                         valid_imagenet=imagenet["valid"])
+    valid_scores = detector.scores(features["valid"], profile_scores(imagenet["valid"], detector.profile_weights))
+    rejected = float((~detector.in_scope(valid_scores)).mean())
+    figures = {"method": detector.method, "threshold": round(detector.threshold, 6), "keep": detector.keep,
                "train_photos": len(labels), "valid_rejected": round(rejected, 4)}
-    run.echo(f"Scope: Mahalanobis over {len(labels)} training photos; threshold {detector.threshold:.4f} keeps "
-             f"{1 - rejected:.1%} of the validation photos")
+    run.echo(f"Scope: Mahalanobis over {len(labels)} training photos plus the ImageNet check; threshold "
+             f"{detector.threshold:.4f} keeps {1 - rejected:.1%} of the validation photos")
     return detector, figures
 
 

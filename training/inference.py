@@ -14,7 +14,7 @@ from PIL import Image
 
 from .classnames import names_for
 from .imaging import to_batch
-from .openset import ScopeDetector, WithFeatures
+from .openset import ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures
 from .runfiles import REPORT, RunFileError, check_meta, model_file, read_report
 from .runtimes import RuntimeUnavailable, make_forward
 
@@ -74,8 +74,12 @@ class Predictor:
         self.temperature: float = float(meta.get("temperature", 1.0))
         self.meta = meta
         self.scope = ScopeDetector.from_meta(meta.get("scope"))
-        # With a detector, one forward gives the logits and the features it needs: [logits | features].
-        served = WithFeatures(self.model) if self.scope else self.model
+        # With a detector, one forward gives the logits and what it needs: [logits | features (| ImageNet profile)].
+        served = self.model
+        if self.scope is not None:
+            extra = [] if self.scope.profile_weights is None else [
+                ImageNetProfile(ImageNetCheck(self.mean, self.std), self.scope.profile_weights)]
+            served = WithFeatures(self.model, *extra).eval()
         self.runtime, self._forward = make_forward(served, self.size, runtime, n_classes=len(self.classes))
         # fastai's Learner is not thread-safe, but a module in eval mode is; the lock only guards CAM's autograd use.
         self._cam_lock = threading.Lock()
@@ -155,7 +159,9 @@ class Predictor:
             features = ((output[: len(batch), n:] + output[len(batch):, n:]) / 2).numpy()
         if self.scope is None:
             return probabilities, [None] * len(batch)
-        return probabilities, list(self.scope.scores(features))
+        if self.scope.profile_weights is None:
+            return probabilities, list(self.scope.scores(features))
+        return probabilities, list(self.scope.scores(features[:, :-1], features[:, -1]))
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""
@@ -190,6 +196,6 @@ class Predictor:
             "runtime": self.runtime,
             "tta": "flip" if self.tta else "off",
             "sha256": self.sha256 or self.report.get("model_sha256"),
-            "scope": None if self.scope is None else {"method": "mahalanobis", "keep": self.scope.keep,
+            "scope": None if self.scope is None else {"method": self.scope.method, "keep": self.scope.keep,
                                                       "threshold": round(self.scope.threshold, 6)},
         }

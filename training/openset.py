@@ -13,6 +13,8 @@ from .imaging import open_image, to_batch
 # Share of in-scope validation photos the threshold keeps; the rest of what scores lower is "not one of my classes".
 DEFAULT_KEEP = 0.95
 FEATURE_BATCH = 32
+IMAGENET_CLASSES = 1000
+CHECK_STATS = (0.5, 0.5, 0.5)  # EfficientNet-Lite's input normalisation (mean = std = 0.5)
 
 
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -21,27 +23,74 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(model.body, *features), last
 
 
-class WithFeatures(nn.Module):
-    """The classifier answering logits and penultimate features in one pass, as one tensor: [logits | features]."""
+class ImageNetCheck(nn.Module):
+    """A second opinion from an ImageNet classifier that was never fine-tuned: its 1000 logits for a batch normalised
+    the way the model's backbone wants (it renormalises to its own statistics first)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        from .backbones import load_lite_classifier
+
+        self.classifier = load_lite_classifier(0)
+        # x_check = (x * std + mean - 0.5) / 0.5, one multiply-add per channel
+        scale = torch.tensor(std) / torch.tensor(CHECK_STATS)
+        shift = (torch.tensor(mean) - torch.tensor(CHECK_STATS)) / torch.tensor(CHECK_STATS)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+        self.register_buffer("shift", shift.view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x * self.scale + self.shift)
+
+
+class ImageNetProfile(nn.Module):
+    """log sum_c p(c | x) w_c: how much the check's ImageNet reading of a photo is like its reading of the training
+    photos (w: their mean ImageNet probabilities), as one number per photo."""
+
+    def __init__(self, check: ImageNetCheck, weights: np.ndarray):
+        super().__init__()
+        self.check = check
+        self.register_buffer("weights", torch.as_tensor(np.asarray(weights, dtype=np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.softmax(self.check(x), dim=1) @ self.weights + PROFILE_FLOOR)[:, None]
+
+
+PROFILE_FLOOR = 1e-12  # keeps the log finite for a photo the check gives no weight to
+
+
+class WithFeatures(nn.Module):
+    """The classifier answering logits and penultimate features in one pass, as one tensor: [logits | features],
+    followed by one column per extra head (the ImageNet profile when serving, the check's logits when fitting)."""
+
+    def __init__(self, model: nn.Module, *extra: nn.Module):
         super().__init__()
         self.features, self.last = split_head(model)
+        self.extra = nn.ModuleList(extra)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x)
-        return torch.cat([self.last(features), features], dim=1)
+        return torch.cat([self.last(features), features, *(head(x) for head in self.extra)], dim=1)
 
 
 @dataclass
 class ScopeDetector:
     """Mahalanobis distance to the nearest class mean of the training photos' penultimate features, under one shared
-    covariance (Lee et al., 2018); the score is its negative: higher = more like the training photos."""
+    covariance (Lee et al., 2018), its negative as the score: higher = more like the training photos.
+
+    With `profile_weights`, the score is the sum of two standardised scores: that one, and the ImageNet profile
+    (`ImageNetProfile`), which tells other instruments and everyday photos apart from the training photos far better
+    than features fine-tuned on the classes alone (docs/experiments.md)."""
 
     means: np.ndarray       # (classes, D)
     precision: np.ndarray   # (D, D), the inverse of the shared covariance
     threshold: float        # scores below it are out of scope
     keep: float             # the share of in-scope validation photos the threshold was chosen to keep
+    profile_weights: np.ndarray | None = None  # (1000,) the training photos' mean ImageNet probabilities
+    standardise: tuple[float, float, float, float] | None = None  # validation mean and std of both scores
+
+    @property
+    def method(self) -> str:
+        return "mahalanobis" if self.profile_weights is None else "mahalanobis+imagenet"
 
     def __post_init__(self):
         # precision = L Lᵀ, so the distance is a plain Euclidean one after projecting by L: one matrix product
@@ -50,7 +99,7 @@ class ScopeDetector:
         projected_means = self.means @ self._project
         self._projected_means, self._mean_norms = projected_means, (projected_means ** 2).sum(axis=1)
 
-    def scores(self, features: np.ndarray) -> np.ndarray:
+    def mahalanobis(self, features: np.ndarray) -> np.ndarray:
         """Negative squared Mahalanobis distance of each row to its nearest class mean."""
         features = np.asarray(features, dtype=np.float32)
         if len(features) == 0:
@@ -60,28 +109,54 @@ class ScopeDetector:
                      + self._mean_norms[None, :])
         return -distances.min(axis=1)
 
+    def scores(self, features: np.ndarray, profile: np.ndarray | None = None) -> np.ndarray:
+        """Each photo's scope score (higher = more like the training photos)."""
+        mahalanobis = self.mahalanobis(features)
+        if self.profile_weights is None:
+            return mahalanobis
+        m_mean, m_std, p_mean, p_std = self.standardise
+        return (mahalanobis - m_mean) / m_std + (np.asarray(profile, dtype=np.float32) - p_mean) / p_std
+
     def in_scope(self, scores: np.ndarray) -> np.ndarray:
         """Which scores are in scope."""
         return np.asarray(scores) >= self.threshold
 
     def to_meta(self) -> dict:
         """Plain data for `learn.meta` (pickled inside export.pkl, so the SHA-256 check covers it)."""
-        return {"method": "mahalanobis", "means": self.means, "precision": self.precision,
-                "threshold": self.threshold, "keep": self.keep}
+        return {"method": self.method, "means": self.means, "precision": self.precision,
+                "threshold": self.threshold, "keep": self.keep, "profile_weights": self.profile_weights,
+                "standardise": self.standardise}
 
     @classmethod
     def from_meta(cls, meta: dict | None) -> ScopeDetector | None:
         """The detector stored in a model's metadata, or None for a model exported without one."""
         if not meta:
             return None
+        weights = meta.get("profile_weights")
         return cls(means=np.asarray(meta["means"], dtype=np.float32),
                    precision=np.asarray(meta["precision"], dtype=np.float32),
-                   threshold=float(meta["threshold"]), keep=float(meta["keep"]))
+                   threshold=float(meta["threshold"]), keep=float(meta["keep"]),
+                   profile_weights=None if weights is None else np.asarray(weights, dtype=np.float32),
+                   standardise=None if meta.get("standardise") is None else tuple(meta["standardise"]))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def profile_scores(imagenet_logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`ImageNetProfile` on precomputed ImageNet logits."""
+    return np.log(softmax(imagenet_logits) @ weights + PROFILE_FLOOR).astype(np.float32)
 
 
 def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_features: np.ndarray,
-              keep: float = DEFAULT_KEEP) -> ScopeDetector:
-    """Class means and shared covariance of the training photos; a threshold keeping `keep` of the validation ones."""
+              keep: float = DEFAULT_KEEP, train_imagenet: np.ndarray | None = None,
+              valid_imagenet: np.ndarray | None = None) -> ScopeDetector:
+    """Class means and shared covariance of the training photos; a threshold keeping `keep` of the validation ones.
+
+    With the ImageNet check's logits of both sets, the detector adds the ImageNet profile to the score."""
     train_features = np.asarray(train_features, dtype=np.float64)
     train_labels = np.asarray(train_labels)
     classes = np.unique(train_labels)
@@ -92,17 +167,27 @@ def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_featur
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     detector = ScopeDetector(means=means.astype(np.float32), precision=precision.astype(np.float32),
                              threshold=-np.inf, keep=keep)
-    valid_scores = detector.scores(valid_features)
+    valid_profile = None
+    if train_imagenet is not None and len(valid_features):
+        weights = softmax(train_imagenet).mean(axis=0)
+        valid_mahalanobis, valid_profile = detector.mahalanobis(valid_features), profile_scores(valid_imagenet, weights)
+        detector.profile_weights = weights.astype(np.float32)
+        detector.standardise = (float(valid_mahalanobis.mean()), float(valid_mahalanobis.std()) or 1.0,
+                                float(valid_profile.mean()), float(valid_profile.std()) or 1.0)
+    valid_scores = detector.scores(valid_features, valid_profile)
     detector.threshold = float(np.quantile(valid_scores, 1 - keep)) if len(valid_scores) else -np.inf
     return detector
 
 
-def feature_forward(model: nn.Module, size: int, n_classes: int, device=None):
-    """The forward that gives [logits | features]: the serving runtime on a CPU (OpenVINO: many times faster than
-    PyTorch there, and the same numbers serving will compare against), PyTorch on a GPU."""
+def feature_forward(model: nn.Module, size: int, n_classes: int, device=None, check: ImageNetCheck | None = None):
+    """The forward that gives [logits | features] (then the check's ImageNet logits, if given): the serving runtime
+    on a CPU (OpenVINO: many times faster than PyTorch there, and the same numbers serving will compare against),
+    PyTorch on a GPU."""
     from .runtimes import make_forward, torch_forward
 
-    net = WithFeatures(model).eval()
+    net = WithFeatures(model, *([check] if check is not None else [])).eval()
+    if check is not None:
+        check.to(next(model.parameters()).device)
     device = device or next(model.parameters()).device
     if device.type != "cpu":
         forward = torch_forward(net)
