@@ -127,7 +127,35 @@ def main(run: Path, data: Path, ood: Path) -> None:
         rejected = ~shipped.in_scope(scores["Mahalanobis + ImageNet (shipped)"](*sets[group]))
         print(f"\nShipped detector, {group}, by category: " + ", ".join(
             f"{c} {rejected[categories == c].mean():.0%} of {(categories == c).sum()}" for c in np.unique(categories)))
+    print("\n" + served_cost(run, shipped))
+
+
+def served_cost(run: Path, detector, repeats: int = 20) -> str:
+    """Milliseconds per photo of the served forward (OpenVINO) without and with the ImageNet check, side by side."""
+    import torch
+
+    from training.openset import ImageNetProfile, WithFeatures
+
+    predictor = Predictor.load(run, runtime="torch")
+    plain = WithFeatures(predictor.model).eval()
+    checked = WithFeatures(predictor.model, ImageNetProfile(ImageNetCheck(predictor.mean, predictor.std),
+                                                            detector.profile_weights)).eval()
+    line = []
+    for batch_size in (1, 8):
+        batch = torch.randn(batch_size, 3, predictor.size, predictor.size)
+        timings = {}
+        for name, net in (("without", plain), ("with", checked)):
+            forward = make_forward(net, predictor.size, "openvino", n_classes=len(predictor.classes))[1]
+            forward(batch)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                forward(batch)
+            timings[name] = (time.perf_counter() - started) / repeats / batch_size * 1000
+        line.append(f"batch {batch_size}: {timings['without']:.1f} ms -> {timings['with']:.1f} ms a photo "
+                    f"({timings['with'] / timings['without']:.2f}x)")
+    return "Served forward (OpenVINO fp32), without -> with the ImageNet check: " + "; ".join(line)
 
 
 if __name__ == "__main__":
     main(*(Path(arg) for arg in sys.argv[1:4]))
+

@@ -37,17 +37,17 @@ def test_every_page_loads_whole(make_run_server, demo_data, tmp_path):
         watch.assert_whole(page)
         page.screenshot(path=str(shots / "results.png"), full_page=True)
 
-        if not refresh:  # make run's demo detector accepts drawn patterns (docs/experiments.md): smoke model only
-            noise = tmp_path / "stripes.png"  # none of the classes: said plainly, the nearest classes greyed out
-            stripes = (np.indices((96, 96)).sum(axis=0) // 4) % 2 == 1
-            Image.fromarray(np.where(stripes[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)).save(noise)
-            page.goto(url + "/")
-            page.set_input_files("#file-input", str(noise))
-            page.click("button[type=submit]")
-            page.wait_for_selector("p.out-of-scope")
-            assert "doesn't look like any of the" in page.inner_text("p.out-of-scope")
-            assert page.locator("table.top-k.greyed").count() == 1
-            watch.assert_whole(page)
+        noise = tmp_path / "stripes.png"  # none of the classes: said plainly, the nearest classes greyed out
+        stripes = (np.indices((96, 96)).sum(axis=0) // 4) % 2 == 1
+        Image.fromarray(np.where(stripes[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)).save(noise)
+        page.goto(url + "/")
+        page.set_input_files("#file-input", str(noise))
+        page.click("button[type=submit]")
+        page.wait_for_selector("p.out-of-scope")
+        assert "doesn't look like any of the" in page.inner_text("p.out-of-scope")
+        assert page.locator("table.top-k.greyed").count() == 1
+        watch.assert_whole(page)
+        page.screenshot(path=str(shots / "out-of-scope.png"), full_page=True)
 
         page.goto(url + "/model")
         matrix = page.locator("#confusion-matrix")

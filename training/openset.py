@@ -15,6 +15,7 @@ DEFAULT_KEEP = 0.95
 FEATURE_BATCH = 32
 IMAGENET_CLASSES = 1000
 CHECK_STATS = (0.5, 0.5, 0.5)  # EfficientNet-Lite's input normalisation (mean = std = 0.5)
+CHECK_SIZE = 224  # Lite0's own input size: larger inputs are scaled down first (the check then costs about half)
 
 
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -39,6 +40,8 @@ class ImageNetCheck(nn.Module):
         self.register_buffer("shift", shift.view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > CHECK_SIZE:
+            x = torch.nn.functional.interpolate(x, size=(CHECK_SIZE, CHECK_SIZE), mode="bilinear", align_corners=False)
         return self.classifier(x * self.scale + self.shift)
 
 
