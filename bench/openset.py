@@ -86,6 +86,29 @@ def normalise(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-8)
 
 
+def vim_score(run: Path, train_features: np.ndarray):
+    """ViM (Wang et al., CVPR 2022): energy minus a virtual logit, the feature's norm outside the training features'
+    principal subspace (half the dimensions), measured from the origin the last layer implies."""
+    from training.openset import split_head
+
+    _, last = split_head(Predictor.load(run, runtime="torch").model)
+    weight = last.weight.detach().double().numpy()
+    bias = np.zeros(len(weight)) if last.bias is None else last.bias.detach().double().numpy()
+    origin = -np.linalg.pinv(weight) @ bias
+    centred = train_features - origin
+    _, vectors = np.linalg.eigh(centred.T @ centred / len(centred))  # ascending eigenvalues
+    null_space = vectors[:, : train_features.shape[1] // 2]
+    train_logits = train_features @ weight.T + bias
+    alpha = train_logits.max(1).mean() / np.linalg.norm(centred @ null_space, axis=1).mean()
+
+    def score(logits, features):
+        virtual = alpha * np.linalg.norm((features - origin) @ null_space, axis=1)
+        energy = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        return energy - virtual
+
+    return score
+
+
 def main(run: Path, data: Path, ood: Path) -> None:
     sets = load_features(run, data, ood)
     imagenet = imagenet_logits(run, data, ood)
@@ -98,6 +121,7 @@ def main(run: Path, data: Path, ood: Path) -> None:
         "max logit": lambda lg, ft: lg.max(1),
         "energy": lambda lg, ft: np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1),
     }
+    scores["ViM"] = vim_score(run, train_features)
     features_only = fit_scope(train_features, train_labels, sets["valid"][1])
     scores["Mahalanobis alone"] = lambda lg, ft: features_only.scores(ft)
     shipped = fit_scope(train_features, train_labels, sets["valid"][1], train_imagenet=imagenet["train"],

@@ -54,6 +54,7 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
     probs, targets = np.concatenate(probs), np.array(targets)
     result = classification_metrics(probs, targets, predictor.classes)
     result["classes"] = predictor.classes
+    result["names"] = predictor.names
     result["tta"] = predictor.describe()["tta"]
     result["unknown_classes"] = unknown
     result["unreadable"] = unreadable
@@ -109,13 +110,16 @@ def decisions_line(applied: dict) -> str:
 def evaluation_summary(result: dict) -> str:
     """A readable, one-screen summary of `evaluate_folder`'s result."""
     lines = [f"Accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   on {result['n']} images", ""]
+    names = result.get("names") or {}
     lines.append(f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>8}{'n':>6}")
-    for name, row in result["per_class"].items():
-        lines.append(f"{name:<24}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>8.3f}{row['support']:>6}")
+    for class_id, row in result["per_class"].items():
+        lines.append(f"{names.get(class_id, class_id):<24}{row['precision']:>10.3f}{row['recall']:>10.3f}"
+                     f"{row['f1']:>8.3f}{row['support']:>6}")
     if result["most_confused"]:
         lines.append("")
         lines.append("Most confused: " + ", ".join(
-            f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in result["most_confused"][:5]))
+            f"{names.get(p['actual'], p['actual'])} -> {names.get(p['predicted'], p['predicted'])} ({p['count']})"
+            for p in result["most_confused"][:5]))
     if result["mistakes"]:
         worst = result["mistakes"][0]
         lines.append(f"{len(result['mistakes'])} mistakes; the most confident: {worst['file']} "

@@ -77,6 +77,8 @@ def summary_text(report: Report) -> str:
     lines.append(f"Calibration: temperature {cal['temperature']:.2f}, ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; "
                  f"'not sure' below {cal['unsure_below']:.2f}")
     if val["most_confused"]:
-        pairs = ", ".join(f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in val["most_confused"][:5])
+        names = report.get("names") or {}
+        pairs = ", ".join(f"{names.get(p['actual'], p['actual'])} -> {names.get(p['predicted'], p['predicted'])} "
+                          f"({p['count']})" for p in val["most_confused"][:5])
         lines.append(f"Most confused: {pairs}")
     return "\n".join(lines)
