@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +212,3 @@ def read_queue(path: Path) -> dict:
     """A queue written by `flask dataset review`."""
     return json.loads(Path(path).read_text())
 
-
-def queue_id(queue: dict) -> str:
-    """A short id of one queue, so the page can tell a queue rebuilt under it."""
-    return hashlib.sha1(queue["created"].encode() + queue["data_fingerprint"].encode()).hexdigest()[:8]

@@ -54,29 +54,31 @@ def start():
     return redirect(url_for("review.entry", index=index))
 
 
+def queue_and_entry(index: int) -> tuple[dict, dict]:
+    """The queue and its entry `index`, or a 404."""
+    queue = load_queue()
+    if not 0 <= index < len(queue["entries"]):
+        abort(404, "There is no such entry in the review queue.")
+    return queue, queue["entries"][index]
+
+
 @bp.get("/<int:index>")
 def entry(index: int):
-    queue = load_queue()
+    queue, shown = queue_and_entry(index)
     entries = queue["entries"]
-    if not 0 <= index < len(entries):
-        abort(404, "There is no such entry in the review queue.")
     decided = latest_decisions(read_decisions(data_root()))
-    return render_template("review.html", queue=queue, index=index, entry=entries[index],
-                           decision=decided.get(entries[index]["path"]),
-                           done=sum(e["path"] in decided for e in entries), next_index=next_open(entries, decided, index))
+    return render_template("review.html", queue=queue, index=index, entry=shown, decision=decided.get(shown["path"]),
+                           done=sum(e["path"] in decided for e in entries))
 
 
 @bp.post("/<int:index>")
 def decide(index: int):
-    queue = load_queue()
-    entries = queue["entries"]
-    if not 0 <= index < len(entries):
-        abort(404, "There is no such entry in the review queue.")
+    queue, shown = queue_and_entry(index)
     decision, label = request.form.get("decision", ""), request.form.get("label", "")
     if decision not in DECISIONS or (decision == "relabel" and label not in queue["classes"]):
         abort(400, f"Choose one of {', '.join(DECISIONS)}; a relabel needs one of the classes.")
-    record_decision(data_root(), entries[index]["path"], decision, label)
-    following = next_open(entries, latest_decisions(read_decisions(data_root())), index)
+    record_decision(data_root(), shown["path"], decision, label)
+    following = next_open(queue["entries"], latest_decisions(read_decisions(data_root())), index)
     return redirect(url_for("review.start") if following is None else url_for("review.entry", index=following))
 
 
