@@ -68,6 +68,19 @@ def test_decisions_are_appended_undone_and_applied(tmp_path, demo_data):
     assert scan_dataset(data, progress=False).fingerprint() == before.fingerprint()
 
 
+def test_evaluate_honours_the_decisions(runner, trained_run, tmp_path, demo_data):
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    strat = sorted(p.relative_to(data).as_posix() for p in (data / "stratocaster").glob("*.jpg"))
+    record_decision(data, strat[0], "exclude")
+    record_decision(data, strat[1], "relabel", "les_paul")
+    result = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["n"] == 41 and report["decisions"]["excluded"] == 1 and report["decisions"]["relabelled"] == 1
+    assert report["per_class"]["les_paul"]["support"] == 15 and report["per_class"]["stratocaster"]["support"] == 12
+
+
 def test_a_relabel_to_a_class_that_does_not_exist_is_a_clear_error(tmp_path, demo_data):
     data = tmp_path / "data"
     shutil.copytree(demo_data, data)
