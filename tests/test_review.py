@@ -197,3 +197,14 @@ def test_relabel_exclude_undo_in_the_browser_then_training_honours_it(review_ser
     assert report["names"]["flying_v"] == "Gibson Flying V" and report["names"]["les_paul"] == "Les Paul"
     split = {row["path"]: row["label"] for row in json.loads((out / "split.json").read_text())["items"]}
     assert split[first] == classes[0] and second not in split
+
+
+def test_decisions_from_many_processes_at_once_are_all_kept(tmp_path, demo_data):
+    import multiprocessing
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    photos = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))[:24]
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(record_decision, [(data, photo, "keep") for photo in photos])
+    assert sorted(d.path for d in read_decisions(data)) == photos

@@ -1,8 +1,10 @@
 """The data owner's decisions about photos (keep, relabel, exclude): one CSV in the data folder, never the photos."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import fcntl
 import io
 import threading
 from dataclasses import asdict, dataclass
@@ -13,7 +15,7 @@ from .fsutil import atomic_path
 DECISIONS_FILE = "labels.csv"
 FIELDS = ("path", "decision", "label", "when")
 DECISIONS = ("keep", "relabel", "exclude")
-_write_lock = threading.Lock()  # the review page's threads append and undo in turn
+_thread_lock = threading.Lock()
 
 
 class DecisionsError(ValueError):
@@ -84,6 +86,17 @@ def _write(root: Path, decisions: list[Decision]) -> None:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _writing(root: Path):
+    """One writer at a time, across the review page's threads and any other process: read, change, write."""
+    with _thread_lock, open(Path(root) / f".{DECISIONS_FILE}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def record_decision(root: Path, path: str, decision: str, label: str = "") -> Decision:
     """Append one decision, stamped with the time, rewriting the file atomically."""
     if decision not in DECISIONS:
@@ -92,14 +105,14 @@ def record_decision(root: Path, path: str, decision: str, label: str = "") -> De
         raise DecisionsError("a relabel needs the new label")
     entry = Decision(path, decision, label if decision == "relabel" else "",
                      dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-    with _write_lock:
+    with _writing(root):
         _write(root, [*read_decisions(root), entry])
     return entry
 
 
 def undo_last_decision(root: Path) -> Decision | None:
     """Take back the latest decision (the photo's earlier one, if any, is in force again); the decision undone."""
-    with _write_lock:
+    with _writing(root):
         decisions = read_decisions(root)
         if not decisions:
             return None
