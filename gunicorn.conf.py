@@ -24,12 +24,13 @@ def post_worker_init(worker):
     # inherited handler and is lost, and importing torch there kept a starting worker unstoppable for 30 s.
     import torch
 
-    from webapp.model import model_holder
+    from webapp.model import EXTENSION
 
     # OpenVINO and ONNX Runtime read torch's thread count, so workers don't fight over the cores.
     torch.set_num_threads(max(1, multiprocessing.cpu_count() // workers))
     torch.set_num_interop_threads(1)
-    with worker.wsgi.app_context():
-        model_holder().get()
+    holder = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
+    if holder is not None:  # another app served with this file (bench/serve.py's baseline) loads its own model
+        holder.get()
 # gunicorn's control socket lives at one path per user: several servers on a machine would fight over it; unused here.
 control_socket_disable = True
