@@ -25,11 +25,22 @@ from training.openset import (
     fit_scope,
     image_features,
     profile_scores,
+    softmax,
 )
 from training.predict_files import expand_paths
 from training.runtimes import make_forward
 
 KNN_KS = (1, 10, 50)
+
+
+def photo_sets(run: Path, data: Path, ood: Path) -> dict[str, list[Path]]:
+    """The run's training and validation photos, and each sub-folder of OOD_DIR."""
+    split = json.loads((run / "split.json").read_text())["items"]
+    paths = {"train": [data / r["path"] for r in split if not r["is_valid"]],
+             "valid": [data / r["path"] for r in split if r["is_valid"]]}
+    for group in sorted(p for p in ood.iterdir() if p.is_dir()):
+        paths[group.name] = expand_paths([group])
+    return paths
 
 
 def load_features(run: Path, data: Path, ood: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -42,11 +53,7 @@ def load_features(run: Path, data: Path, ood: Path) -> dict[str, tuple[np.ndarra
     predictor = Predictor.load(run, runtime="torch")
     n_classes = len(predictor.classes)
     forward = feature_forward(predictor.model, predictor.size, n_classes)  # as training fits the shipped detector
-    split = json.loads((run / "split.json").read_text())["items"]
-    paths = {"train": [data / r["path"] for r in split if not r["is_valid"]],
-             "valid": [data / r["path"] for r in split if r["is_valid"]]}
-    for group in sorted(p for p in ood.iterdir() if p.is_dir()):
-        paths[group.name] = expand_paths([group])
+    paths = photo_sets(run, data, ood)
     sets = {}
     for name, files in paths.items():
         started = time.perf_counter()
@@ -66,20 +73,11 @@ def imagenet_logits(run: Path, data: Path, ood: Path) -> dict[str, np.ndarray]:
         return dict(np.load(cache))
     predictor = Predictor.load(run, runtime="torch")
     forward = make_forward(ImageNetCheck(predictor.mean, predictor.std).eval(), predictor.size, "openvino")[1]
-    split = json.loads((run / "split.json").read_text())["items"]
-    paths = {"train": [data / r["path"] for r in split if not r["is_valid"]],
-             "valid": [data / r["path"] for r in split if r["is_valid"]]}
-    for group in sorted(p for p in ood.iterdir() if p.is_dir()):
-        paths[group.name] = expand_paths([group])
+    paths = photo_sets(run, data, ood)
     logits = {name: image_features(forward, files, predictor.size, predictor.mean, predictor.std, IMAGENET_CLASSES)[0]
               for name, files in paths.items()}
     np.savez(cache, **logits)
     return logits
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def normalise(features: np.ndarray) -> np.ndarray:

@@ -141,7 +141,7 @@ def dataset_group():
 def dataset_check_command(data_dir, as_json):
     """Report class counts, unreadable files and duplicate groups (also across classes)."""
     from .dataset import dataset_report, scan_dataset
-    from .evaluate import decisions_line
+    from .labels import decisions_line
 
     report = dataset_report(scan_dataset(data_dir, progress=not as_json and sys.stderr.isatty()))
     if as_json:

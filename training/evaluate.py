@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from .dataset import DatasetError, labelled_images
 from .imaging import ImageError, open_image
 from .inference import Predictor
+from .labels import decisions_line
 from .metrics import classification_metrics
 from .mistakes import mistake_rows
 from .predict_files import expand_paths
@@ -99,12 +100,6 @@ def _try_open(path: Path):
         return open_image(path)
     except ImageError:
         return None
-
-
-def decisions_line(applied: dict) -> str:
-    """What the data folder's labels.csv changed, in one line."""
-    return (f"Honoured {applied['file']}: {applied['relabelled']} relabelled, {applied['excluded']} excluded, "
-            f"{applied['kept']} kept as labelled")
 
 
 def evaluation_summary(result: dict) -> str:

@@ -6,7 +6,6 @@ import csv
 import datetime as dt
 import fcntl
 import io
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from .fsutil import atomic_path
 DECISIONS_FILE = "labels.csv"
 FIELDS = ("path", "decision", "label", "when")
 DECISIONS = ("keep", "relabel", "exclude")
-_thread_lock = threading.Lock()
 
 
 class DecisionsError(ValueError):
@@ -89,7 +87,8 @@ def _write(root: Path, decisions: list[Decision]) -> None:
 @contextlib.contextmanager
 def _writing(root: Path):
     """One writer at a time, across the review page's threads and any other process: read, change, write."""
-    with _thread_lock, open(Path(root) / f".{DECISIONS_FILE}.lock", "a") as lock:
+    # Each call opens the lock file anew, so flock excludes threads of one process as it does other processes.
+    with open(Path(root) / f".{DECISIONS_FILE}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -145,3 +144,9 @@ def apply_decisions(root: Path, classes: list[str],
     applied = Applied(DECISIONS_FILE, kept=counts["keep"], relabelled=counts["relabel"], excluded=counts["exclude"],
                       unmatched=sum(path not in known for path in in_force))
     return listed, applied
+
+
+def decisions_line(applied: dict) -> str:
+    """What the data folder's labels.csv changed, in one line."""
+    return (f"Honoured {applied['file']}: {applied['relabelled']} relabelled, {applied['excluded']} excluded, "
+            f"{applied['kept']} kept as labelled")

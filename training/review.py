@@ -97,24 +97,22 @@ def group_ids(n: int, groups: list[list[int]]) -> np.ndarray:
 
 
 def label_issue_entries(scan: DatasetScan, probs: np.ndarray, labels: np.ndarray) -> dict[int, Entry]:
-    """Photos confident learning flags (Northcutt et al. 2021), with the suggested label and quality score."""
+    """Photos confident learning flags (Northcutt et al. 2021)."""
     from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
 
     flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    return {int(i): Entry(scan.items[i].relpath, scan.items[i].label, ["label_issue"]) for i in np.flatnonzero(flagged)}
+
+
+def add_probabilities(entries: dict[int, Entry], scan: DatasetScan, probs: np.ndarray, labels: np.ndarray) -> None:
+    """Each entry's suggested label, the probability of its own, and cleanlab's label quality score."""
+    from cleanlab.rank import get_label_quality_scores
+
     quality = get_label_quality_scores(labels, probs)
-    entries = {}
-    for index in np.flatnonzero(flagged):
-        entries[int(index)] = Entry(scan.items[index].relpath, scan.items[index].label, ["label_issue"])
-    return _with_probabilities(entries, scan, probs, labels, quality)
-
-
-def _with_probabilities(entries, scan, probs, labels, quality) -> dict[int, Entry]:
     for index, entry in entries.items():
         best = int(np.argmax(probs[index]))
         entry.suggested, entry.suggested_p = scan.classes[best], round(float(probs[index, best]), 4)
         entry.label_p, entry.quality = round(float(probs[index, labels[index]]), 4), round(float(quality[index]), 4)
-    return entries
 
 
 def confirmed_groups(scan: DatasetScan, groups: list[list[int]], features: np.ndarray) -> list[list[int]]:
@@ -155,14 +153,13 @@ def out_of_scope_indices(features: np.ndarray, labels: np.ndarray, groups: np.nd
 
     scores = np.zeros(len(features), dtype=np.float32)
     for fitted, held in GroupKFold(FOLDS).split(features, labels, groups):
-        scores[held] = fit_scope(features[fitted], labels[fitted], features[fitted]).scores(features[held])
+        # Only the distances are used: the quantile below replaces the detector's threshold.
+        scores[held] = fit_scope(features[fitted], labels[fitted], features[:0]).scores(features[held])
     return [int(i) for i in np.flatnonzero(scores < np.quantile(scores, 1 - OUT_OF_SCOPE_KEEP))]
 
 
 def build_queue(data_dir: str | Path, backbone: str = REVIEW_BACKBONE, progress: bool = True) -> dict:
     """The ranked review queue of a data folder, as plain data (photos with a decision in force are left out)."""
-    from cleanlab.rank import get_label_quality_scores
-
     from .dataset import check_trainable
 
     scan = scan_dataset(data_dir, progress=progress)
@@ -178,7 +175,7 @@ def build_queue(data_dir: str | Path, backbone: str = REVIEW_BACKBONE, progress:
         entries.setdefault(index, Entry(scan.items[index].relpath, scan.items[index].label)).reasons.extend(reasons)
     for index in out_of_scope_indices(features, labels, groups):
         entries.setdefault(index, Entry(scan.items[index].relpath, scan.items[index].label)).reasons.append("out_of_scope")
-    _with_probabilities(entries, scan, probs, labels, get_label_quality_scores(labels, probs))
+    add_probabilities(entries, scan, probs, labels)
     for members in duplicates:
         for index in members:
             if index in entries:
