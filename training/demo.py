@@ -8,6 +8,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from .classnames import CLASS_NAMES_FILE
+
 # Body outlines in a unit box (x right, y down, neck leaving the top centre), as polygons to fill and to cut away.
 Shape = tuple[list[list[tuple[float, float]]], list[list[tuple[float, float]]]]
 
@@ -108,6 +110,9 @@ def draw_guitar(kind: str, size: int, rng: random.Random) -> Image.Image:
     return image
 
 
+DISPLAY_NAMES = {"sg": "SG"}
+
+
 def make_demo_dataset(out: str | Path, per_class: int = 80, size: int = 160, seed: int = 0,
                       classes: list[str] | None = None, progress: bool = True) -> Path:
     """Write `out/<class>/NNNN.jpg` for each demo class; existing files are kept (the result is deterministic)."""
@@ -123,4 +128,7 @@ def make_demo_dataset(out: str | Path, per_class: int = 80, size: int = 160, see
         tmp = path.with_suffix(".tmp")
         draw_guitar(kind, size, rng).save(tmp, format="JPEG", quality=90)
         tmp.replace(path)
+    names = {kind: DISPLAY_NAMES[kind] for kind in classes if kind in DISPLAY_NAMES}
+    if names:  # the names the folder ids can't spell (DATA/classes.toml, as a user would write it)
+        (out / CLASS_NAMES_FILE).write_text("".join(f'{kind} = "{name}"\n' for kind, name in names.items()))
     return out
