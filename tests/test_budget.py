@@ -8,7 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from training.budget import EpochProbe, plan_epochs, probe_epoch
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+from fastai.torch_core import noop
+
+from training.budget import ClockSchedule, EpochProbe, plan_epochs, probe_epoch
 from training.learner import build_learner, make_dataloaders
 
 
@@ -41,11 +45,13 @@ def test_plan_fits_epochs_in_what_is_left(spent, expected):
     plan = plan_epochs(3600, spent, 300.0, 1, 6)
     assert plan.reserve_seconds == pytest.approx(0.2 * 300 + 60)
     assert plan.epochs == expected
+    # the fit is given the whole room (the clock ends it), or the low end's time when there is less
+    assert plan.fit_seconds == pytest.approx(max(3600 - spent - 120, 300.0))
 
 
 def test_plan_describes_itself_for_the_log():
     line = plan_epochs(3000, 600, 240.0, 2, 5).describe()
-    assert "budget 50 min" in line and "-> 5 epochs" in line
+    assert "budget 50 min" in line and "about 5 epochs" in line
 
 
 def test_the_scope_detectors_feature_pass_is_kept_out_of_the_epochs():
@@ -56,3 +62,58 @@ def test_the_scope_detectors_feature_pass_is_kept_out_of_the_epochs():
     with_scope = plan_epochs(3600, 2200, 300.0, 1, 6, finish_seconds=probe.scope_seconds)
     assert with_scope.reserve_seconds == pytest.approx(without.reserve_seconds + 180.0)
     assert (without.epochs, with_scope.epochs) == (4, 3)  # 1280 s of room, then 1100 s
+
+
+class SlowDown(Callback):
+    """Makes every batch, training and validation, take `factor` times as long once `after_seconds` have passed."""
+
+    order = ClockSchedule.order - 5  # the clock's own timing must see the slower batch
+    run_valid = True
+
+    def __init__(self, factor: float, after_seconds: float):
+        self.factor, self.after_seconds = factor, after_seconds
+
+    def before_fit(self):
+        self.fit_start = time.monotonic()
+
+    def before_batch(self):
+        self.batch_start = time.monotonic()
+
+    def after_batch(self):
+        now = time.monotonic()
+        if now - self.fit_start >= self.after_seconds:
+            time.sleep((self.factor - 1) * (now - self.batch_start))
+
+
+def clocked_learner(demo_data):
+    frame = pd.DataFrame({"path": [str(p) for p in sorted(demo_data.rglob("*.jpg"))]})
+    frame["is_valid"] = np.arange(len(frame)) % 4 == 0
+    classes = sorted({Path(p).parent.name for p in frame["path"]})
+    learn = build_learner(make_dataloaders(frame, classes, "efficientnet_lite0", 64, 4), "efficientnet_lite0")
+    learn.remove_cbs(ProgressCallback)
+    learn.logger = noop
+    return learn
+
+
+def test_a_stage_slowed_halfway_still_ends_on_its_clock_with_the_rate_annealed(demo_data):
+    learn = clocked_learner(demo_data)
+    seconds = 16.0
+    clock = ClockSchedule(seconds, valid_seconds=0.5)
+    start = time.monotonic()
+    learn.fit_one_cycle(100, 1e-3, cbs=[clock, SlowDown(1.5, after_seconds=seconds / 2)])
+    elapsed = time.monotonic() - start
+
+    assert clock.stopped_early and 1 < len(learn.recorder.values) < 100
+    assert abs(elapsed - seconds) <= 0.02 * seconds
+    lrs = learn.recorder.hps["lr"]
+    assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # the one cycle peaked ...
+    assert lrs[-1] < 0.02 * max(lrs)  # ... and was annealed by the time the clock ran out
+
+
+def test_a_stage_with_time_to_spare_keeps_fastais_own_schedule(demo_data):
+    learn, plain = clocked_learner(demo_data), clocked_learner(demo_data)
+    clock = ClockSchedule(600.0, valid_seconds=0.5)
+    learn.fit_one_cycle(2, 1e-3, cbs=[clock])
+    plain.fit_one_cycle(2, 1e-3)
+    assert not clock.stopped_early and len(learn.recorder.values) == 2
+    assert learn.recorder.hps["lr"] == pytest.approx(plain.recorder.hps["lr"])

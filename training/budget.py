@@ -4,10 +4,15 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
+from fastai.callback.core import Callback, CancelFitException, CancelTrainException
+from fastai.callback.schedule import ParamScheduler
+
+from .distributed import rank0_choice
 
 # The scope detector's pass at the end against the bf16 validation batches the probe timed: fp32 (about twice the
 # time) through the model and the ImageNet check (at most the model's cost again for the Lite0 check).
@@ -23,12 +28,13 @@ class EpochPlan:
     spent_seconds: float
     epoch_seconds_estimate: float
     reserve_seconds: float
+    fit_seconds: float  # what the stage's fit may take, its validation passes included; the clock holds it to this
 
     def describe(self) -> str:
         """One line for the training log."""
         return (f"  budget {self.budget_seconds / 60:.0f} min, {self.spent_seconds / 60:.1f} spent; one epoch "
                 f"~{self.epoch_seconds_estimate / 60:.1f} min, {self.reserve_seconds / 60:.1f} kept for the "
-                f"export -> {self.epochs} epochs")
+                f"export -> {self.fit_seconds / 60:.1f} min, about {self.epochs} epochs")
 
 
 @dataclass(frozen=True)
@@ -108,5 +114,58 @@ def plan_epochs(budget_seconds: float, spent_seconds: float, epoch_seconds: floa
     reserve = 0.2 * epoch_seconds + 60.0 + finish_seconds
     room = budget_seconds - spent_seconds - reserve
     fits = math.floor(room / epoch_seconds) if epoch_seconds > 0 else high
-    return EpochPlan(epochs=max(low, min(high, fits)), budget_seconds=budget_seconds, spent_seconds=spent_seconds,
-                     epoch_seconds_estimate=epoch_seconds, reserve_seconds=reserve)
+    epochs = max(low, min(high, fits))
+    # Too little room for the low end still gets it (the log says the budget is overrun); otherwise the whole room.
+    fit_seconds = max(room, low * epoch_seconds)
+    return EpochPlan(epochs=epochs, budget_seconds=budget_seconds, spent_seconds=spent_seconds,
+                     epoch_seconds_estimate=epoch_seconds, reserve_seconds=reserve, fit_seconds=fit_seconds)
+
+
+class ClockSchedule(Callback):
+    """Drive a one-cycle schedule by the clock: its position is the share of the stage's seconds spent (or of its
+    steps, whichever is further), so the learning rate anneals just as the time runs out on a slow machine, a fast
+    one, or one that slows down halfway. The fit is then cut short, after a last validation pass."""
+
+    order = ParamScheduler.order - 1  # sets the position just before the scheduler reads it
+    run_valid = False
+
+    def __init__(self, seconds: float, valid_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
+        self.valid_seconds = valid_seconds  # one validation pass, estimated; then as last measured
+        self.clock = clock
+        self.stopped_early = False
+
+    def before_fit(self):
+        self.start = self.last_batch_end = self.clock()
+        self.batch_seconds = 0.0
+        self.out_of_time = False
+
+    def _train_seconds_left(self) -> float:
+        return self.seconds - self.valid_seconds - (self.clock() - self.start)
+
+    def before_epoch(self):
+        if self.out_of_time:
+            raise CancelFitException()
+
+    def before_train(self):
+        self.last_batch_end = self.clock()  # a validation pass is no batch
+
+    def before_batch(self):
+        by_steps = self.train_iter / (self.n_iter * self.n_epoch)
+        train_seconds = self.seconds - self.valid_seconds
+        by_clock = (self.clock() - self.start) / train_seconds if train_seconds > 0 else 1.0
+        self.learn.pct_train = rank0_choice(min(1.0, max(by_steps, by_clock)))
+
+    def after_batch(self):
+        now = self.clock()
+        self.batch_seconds, self.last_batch_end = now - self.last_batch_end, now
+        # Stop when the next batch would end nearer the deadline than this point does (within half a batch of it).
+        if rank0_choice(self._train_seconds_left() < self.batch_seconds / 2):
+            self.out_of_time = self.stopped_early = True
+            raise CancelTrainException()
+
+    def before_validate(self):
+        self.valid_start = self.clock()
+
+    def after_validate(self):
+        self.valid_seconds = self.clock() - self.valid_start

@@ -12,10 +12,10 @@ from .classnames import ClassNamesError
 from .dataset import DatasetError
 from .labels import DecisionsError
 from .recipes import RecipeError, available_recipes
-from .runfiles import EXPORT
+from .runfiles import EXPORT, RunFileError
 from .runtimes import RUNTIMES
 
-USER_ERRORS = (RecipeError, DatasetError, DecisionsError, ClassNamesError, WeightsUnavailable)
+USER_ERRORS = (RecipeError, DatasetError, DecisionsError, ClassNamesError, WeightsUnavailable, RunFileError)
 
 
 def _fail_clearly(func):
@@ -78,17 +78,25 @@ def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrain
               help="Write the misclassified photos here as CSV, the most confidently wrong first.")
 @click.option("--ood", "ood_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Photos that are none of the classes (each sub-folder reported apart): how many the model rejects.")
+@click.option("--valid-only", is_flag=True, help="Score only the run's validation photos (its split.json).")
+@click.option("--views", is_flag=True,
+              help="Also score views cut from the photos: close-ups of the headstock, body and bridge, rotated and "
+                   "off-centre shots.")
 @_fail_clearly
-def evaluate_command(model_path, data_dir, as_json, plot, tta, mistakes, ood_dir):
+def evaluate_command(model_path, data_dir, as_json, plot, tta, mistakes, ood_dir, valid_only, views):
     """Score a trained model on a labelled folder."""
-    from .evaluate import evaluate_folder, evaluate_out_of_scope, evaluation_summary
+    from .evaluate import evaluate_folder, evaluate_out_of_scope, evaluate_views, evaluation_summary
     from .inference import Predictor
     from .metrics import plot_confusion_matrix
     from .mistakes import write_mistakes_csv
+    from .runfiles import validation_paths
 
     predictor = Predictor.load(model_path, tta=tta)
     progress = not as_json and sys.stderr.isatty()
-    result = evaluate_folder(predictor, data_dir, progress=progress)
+    only = validation_paths(predictor.path.parent) if valid_only else None
+    result = evaluate_folder(predictor, data_dir, progress=progress, only=only)
+    if views:
+        result["views"] = evaluate_views(predictor, data_dir, only, progress=progress)
     if ood_dir:
         result["out_of_scope"] = evaluate_out_of_scope(predictor, ood_dir, result["scope"]["scores"]
                                                        if "scope" in result else [], progress=progress)

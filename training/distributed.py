@@ -57,8 +57,8 @@ def this_process_only():
             os.environ["WORLD_SIZE"] = saved
 
 
-def rank0_choice(value: int) -> int:
-    """Rank 0's `value` on every process (each measures its own clock; all must run the same number of epochs)."""
+def rank0_choice(value):
+    """Rank 0's `value` on every process (each measures its own clock; all must take the same steps)."""
     if num_distrib() <= 1 or not torch.distributed.is_initialized():
         return value
     box = [value]

@@ -13,12 +13,19 @@ from .labels import decisions_line
 from .metrics import classification_metrics
 from .mistakes import mistake_rows
 from .predict_files import expand_paths
+from .views import VIEWS, view_crops
 
 
-def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int = 32, progress: bool = True) -> dict:
-    """Accuracy, macro-F1, per-class scores, confusion matrix and the mistakes; unknown and unreadable files listed."""
+def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int = 32, progress: bool = True,
+                    only: set[str] | None = None) -> dict:
+    """Accuracy, macro-F1, per-class scores, confusion matrix and the mistakes; unknown and unreadable files listed.
+
+    `only`: score just these photos (paths relative to `data_dir`), such as a run's validation split.
+    """
     root = Path(data_dir)
     _, files, applied = labelled_images(root)  # the data owner's relabels and exclusions count here too
+    if only is not None:
+        files = [(relpath, label) for relpath, label in files if relpath in only]
     known = {name: k for k, name in enumerate(predictor.classes)}
     unknown: dict[str, int] = {}
     unreadable: list[dict] = []
@@ -95,6 +102,55 @@ def evaluate_out_of_scope(predictor: Predictor, ood_dir: str | Path, in_scope_sc
     return report
 
 
+def evaluate_views(predictor: Predictor, data_dir: str | Path, only: set[str] | None = None, batch_size: int = 32,
+                   progress: bool = True) -> dict:
+    """For each view cut from the labelled photos (training.views.VIEWS): how many, the accuracy, the shares shown
+    as "not sure" and as out of scope, and the accuracy of the answers given as sure."""
+    root = Path(data_dir)
+    _, files, _ = labelled_images(root)
+    known = {name: k for k, name in enumerate(predictor.classes)}
+    files = [(relpath, label) for relpath, label in files if label in known and (only is None or relpath in only)]
+    pending = {view: ([], []) for view in VIEWS}
+    scored = {view: ([], [], []) for view in VIEWS}  # probabilities, targets, scope scores
+
+    def flush(view):
+        images, targets = pending[view]
+        if images:
+            probabilities, scope = predictor.outputs(images)
+            scored[view][0].append(probabilities)
+            scored[view][1].extend(targets)
+            scored[view][2].extend(scope)
+            images.clear()
+            targets.clear()
+
+    for index, (relpath, label) in enumerate(tqdm(files, desc="Views", disable=not progress)):
+        img = _try_open(root / relpath)
+        for view, crop in ({} if img is None else view_crops(img, index)).items():
+            pending[view][0].append(crop)
+            pending[view][1].append(known[label])
+            if len(pending[view][0]) >= batch_size:
+                flush(view)
+    report = {}
+    for view in VIEWS:
+        flush(view)
+        if scored[view][0]:
+            report[view] = view_scores(predictor, np.concatenate(scored[view][0]), np.array(scored[view][1]),
+                                       scored[view][2])
+    return report
+
+
+def view_scores(predictor: Predictor, probabilities: np.ndarray, targets: np.ndarray, scope_scores: list) -> dict:
+    """Accuracy; shares "not sure" and out of scope; and the accuracy of the rest, the answers shown as sure."""
+    right = probabilities.argmax(axis=1) == targets
+    unsure = probabilities.max(axis=1) < predictor.unsure_below
+    out = (np.zeros(len(targets), bool) if predictor.scope is None
+           else ~predictor.scope.in_scope(np.array(scope_scores, dtype=float)))
+    sure = ~unsure & ~out
+    return {"n": int(len(targets)), "accuracy": round(float(right.mean()), 4), "unsure": round(float(unsure.mean()), 4),
+            "out_of_scope": round(float(out.mean()), 4),
+            "sure_accuracy": round(float(right[sure].mean()), 4) if sure.any() else None}
+
+
 def _try_open(path: Path):
     try:
         return open_image(path)
@@ -129,6 +185,12 @@ def evaluation_summary(result: dict) -> str:
     if "scope" in result:
         lines.append(f"Out of scope by the model's detector: {result['scope']['rejected']:.1%} of these photos "
                      f"(threshold {result['scope']['threshold']:.4f})")
+    if result.get("views"):
+        lines += ["", f"{'view':<12}{'n':>6}{'accuracy':>10}{'not sure':>10}{'out of scope':>14}{'sure right':>12}"]
+        for view, row in result["views"].items():
+            sure = "-" if row["sure_accuracy"] is None else f"{row['sure_accuracy']:.3f}"
+            lines.append(f"{view:<12}{row['n']:>6}{row['accuracy']:>10.3f}{row['unsure']:>10.1%}"
+                         f"{row['out_of_scope']:>14.1%}{sure:>12}")
     for group, row in result.get("out_of_scope", {}).items():
         lines.append(f"  none of the classes, {group}: {row['rejected']:.1%} of {row['n']} rejected, AUROC {row['auroc']:.4f}")
     return "\n".join(lines)

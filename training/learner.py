@@ -20,6 +20,7 @@ from torch import nn
 
 from .backbones import get_backbone
 from .imaging import SquarePad, load_rgb
+from .views import CloseUp
 
 
 def image_block() -> TransformBlock:
@@ -45,20 +46,24 @@ class LabelOf:
 
 
 def make_dataloaders(frame: pd.DataFrame, classes: list[str], backbone: str, size: int, bs: int,
-                     augment: bool = True, seed: int = 42, device=None, num_workers: int = 0):
+                     augment: bool = True, seed: int = 42, device=None, num_workers: int = 0,
+                     close_ups: float = 0.0, max_rotate: float = 10.0):
     """DataLoaders from a frame of `path` (DATA/<class>/<file>), `label` and `is_valid` columns at one image size."""
     spec = get_backbone(backbone)
-    batch_tfms = []
+    item_tfms, batch_tfms = [SquarePad(size)], []
     if augment:
-        # Product photos: mild rotation, zoom and lighting; guitars are not symmetric but mirror images
+        # Product photos: rotation, zoom and lighting; guitars are not symmetric but mirror images
         # of a model are still that model, so flips are kept.
-        batch_tfms += aug_transforms(max_rotate=10.0, max_zoom=1.15, max_warp=0.1, max_lighting=0.2, pad_mode="border")
+        batch_tfms += aug_transforms(max_rotate=max_rotate, max_zoom=1.15, max_warp=0.1, max_lighting=0.2,
+                                     pad_mode="border")
+        if close_ups:
+            item_tfms.insert(0, CloseUp(close_ups))
     batch_tfms.append(Normalize.from_stats(spec.mean, spec.std))
     block = DataBlock(
         blocks=(image_block(), CategoryBlock(vocab=classes)),
         get_y=LabelOf.from_frame(frame),
         splitter=IndexSplitter(np.flatnonzero(frame["is_valid"].to_numpy())),
-        item_tfms=SquarePad(size),
+        item_tfms=item_tfms,
         batch_tfms=batch_tfms,
     )
     # Plain paths as items (not frame rows) so that `learn.predict(path)` works on the exported learner.

@@ -125,3 +125,15 @@ def check_meta(meta: dict | None, source: Path) -> ModelMeta:
     if missing:
         raise RunFileError(f"{source} is not a learner exported by this project (its metadata lacks {', '.join(missing)})")
     return meta
+
+
+def validation_paths(run_dir: Path) -> set[str]:
+    """The photos a run held out for validation (paths relative to its data folder), from its split file."""
+    path = run_dir / SPLIT
+    try:
+        items = json.loads(path.read_text())["items"]
+    except FileNotFoundError:
+        raise RunFileError(f"{path} does not exist: --valid-only needs the run directory the model was trained in") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunFileError(f"{path} is not a split file written by this project ({exc})") from exc
+    return {item["path"] for item in items if item.get("is_valid")}

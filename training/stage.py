@@ -12,7 +12,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import valley
 from fastai.torch_core import noop
 
-from .budget import plan_epochs, probe_epoch
+from .budget import ClockSchedule, plan_epochs, probe_epoch
 from .devices import AUTOCAST_DTYPES, loader_workers, training_memory_format
 from .distributed import data_parallel, rank0_choice
 from .fsutil import atomic_path
@@ -61,6 +61,7 @@ def precision_callbacks(run: Run) -> list:
 def stage_dataloaders(run: Run, stage: Stage):
     """The stage's DataLoaders over the run's split, at the stage's size and batch size."""
     return make_dataloaders(run.frame, run.scan.classes, stage.backbone, stage.size, stage.bs, augment=stage.augment,
+                            close_ups=stage.close_ups, max_rotate=stage.max_rotate,
                             seed=run.recipe.seed, device=run.device, num_workers=loader_workers(run.device))
 
 
@@ -110,15 +111,16 @@ def find_lr(learn, run: Run, stage_name: str, cbs) -> float:
     return float(suggestion.valley)
 
 
-def budgeted_epochs(learn, run: Run, stage: Stage) -> tuple[int, dict]:
-    """As many epochs of an elastic stage as fit what is left of the recipe's budget, and how that was decided."""
+def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[ClockSchedule, dict]:
+    """The clock that holds an elastic stage to what is left of the recipe's budget, and how that was decided."""
     probe = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
     spent = run.spent_before + time.monotonic() - run.started
     plan = plan_epochs(run.recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs,
                        finish_seconds=probe.scope_seconds)
     run.echo(plan.describe())
     budget = {**asdict(plan), "lost_seconds": run.state.get("lost_seconds", 0.0), "probe": asdict(probe)}
-    return rank0_choice(plan.epochs), budget
+    clock = ClockSchedule(rank0_choice(plan.fit_seconds), probe.valid_batch_seconds * probe.valid_batches)
+    return clock, budget
 
 
 def train_stage(run: Run, index: int, learn=None):
@@ -136,14 +138,19 @@ def train_stage(run: Run, index: int, learn=None):
     if stage.lr == "find":
         record["lr_found"] = find_lr(learn, run, stage.name, cbs)
         run.echo(f"  lr_find suggests {record['lr_found']:.2e}")
-    epochs = stage.epochs
+    epochs, clock = stage.epochs, []
     if stage.elastic:
-        epochs, record["budget"] = budgeted_epochs(learn, run, stage)
+        schedule, record["budget"] = budgeted_fit(learn, run, stage)
+        epochs, clock = stage.epochs[1], [schedule]
+    length = f"up to {epochs} epochs, annealed on the clock" if clock else f"{epochs} epochs"
     run.echo(f"stage {index + 1}/{len(run.recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
-             f"{'frozen' if stage.frozen else 'unfrozen'}, {epochs} epochs, lr {stage.lr}")
+             f"{'frozen' if stage.frozen else 'unfrozen'}, {length}, lr {stage.lr}")
     table = EpochTable(None if run.progress else run.echo, partial(save_progress, run, stage.name) if run.is_main else None)
+    started = time.monotonic()
     with data_parallel(learn, run.device):
-        learn.fit_one_cycle(epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, table])
+        learn.fit_one_cycle(epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, *clock, table])
+    if clock:
+        record["budget"]["fit_seconds_used"] = round(time.monotonic() - started, 2)
     record["epochs"] = table.rows
     run.completed.append(record)
     run.state.pop("running", None)

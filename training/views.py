@@ -1,0 +1,111 @@
+"""The views people photograph: close-ups of a guitar's parts, rotated and off-centre shots, cut from full shots.
+
+Training draws random close-ups (`CloseUp`); evaluation cuts fixed views from validation photos (`view_crops`).
+Both find the guitar the same way: product shots are on white, so what is not near-white is the guitar.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from fastai.vision.augment import RandTransform
+from fastai.vision.core import PILImage
+from PIL import Image
+
+from .imaging import PAD_COLOUR
+
+MASK_SIDE = 96  # the guitar is found on a copy this small: its outline, not its detail, is needed
+NEAR_WHITE = 235  # a pixel with every channel at least this is background
+MIN_FOREGROUND = 0.01  # less than this share of the photo off-white: no guitar found, the whole photo counts
+MAX_FOREGROUND = 0.6  # more than this off-white: not a shot on white, so the outline is not the guitar's
+VIEWS = ("full", "headstock", "body", "bridge", "rotated", "off-centre")
+ROTATION_DEGREES = 35  # steeper than training's tilts, as a hand-held photo can be
+OFF_CENTRE_SIDE = 0.6  # an off-centre shot keeps this share of the photo's side, in one corner
+
+
+def foreground(img: Image.Image) -> tuple[np.ndarray, bool]:
+    """(x, y) of the guitar's pixels in `img`'s own coordinates, found on a small copy, and whether a guitar on white
+    was found at all (if not, every pixel is returned)."""
+    small = img.copy()
+    small.thumbnail((MASK_SIDE, MASK_SIDE))
+    pixels = np.asarray(small.convert("RGB"))
+    ys, xs = np.nonzero(pixels.min(axis=2) < NEAR_WHITE)
+    found = MIN_FOREGROUND <= len(xs) / (pixels.shape[0] * pixels.shape[1]) <= MAX_FOREGROUND
+    if not found:
+        ys, xs = np.indices(pixels.shape[:2]).reshape(2, -1)
+    scale = img.width / small.width, img.height / small.height
+    return np.stack([(xs + 0.5) * scale[0], (ys + 0.5) * scale[1]], axis=1), found
+
+
+def square_crop(img: Image.Image, centre, side: float) -> Image.Image:
+    """A `side`-pixel square around `centre`; whatever falls outside the photo is white."""
+    half = side / 2
+    box = tuple(int(round(v)) for v in (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
+    if box[0] >= 0 and box[1] >= 0 and box[2] <= img.width and box[3] <= img.height:
+        return img.crop(box)
+    canvas = Image.new("RGB", (box[2] - box[0], box[3] - box[1]), PAD_COLOUR)
+    canvas.paste(img, (-box[0], -box[1]))
+    return canvas
+
+
+class CloseUp(RandTransform):
+    """fastai item transform, training only: with probability `p`, a square close-up of a random part of the guitar
+    covering `scale` (a range) of the photo's area, for the views people shoot in a shop."""
+
+    split_idx, order = 0, 0  # before SquarePad (order 1), on the photo at its own size
+
+    def __init__(self, p: float, scale: tuple[float, float] = (0.06, 0.4)):
+        super().__init__(p=p)
+        self.scale = scale
+
+    def encodes(self, img: PILImage) -> PILImage:
+        points, _ = foreground(img)
+        centre = points[random.randrange(len(points))]
+        side = np.sqrt(random.uniform(*self.scale) * img.width * img.height)
+        return PILImage(square_crop(img, centre, side))
+
+
+def guitar_axis(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The guitar's centre, its long axis pointing from the body to the headstock, and its extent along that axis."""
+    centre = points.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov((points - centre).T))
+    axis = vectors[:, -1]  # the direction of most spread: along the neck
+    along = (points - centre) @ axis
+    across = np.abs((points - centre) @ vectors[:, 0])
+    low, high = np.quantile(along, [0.01, 0.99])
+    # The headstock end is the narrow one: compare the width of the outer fifth at each end.
+    fifth = (high - low) / 5
+    if np.median(across[along > high - fifth]) > np.median(across[along < low + fifth]):
+        axis, (low, high) = -axis, (-high, -low)
+    return centre, axis, np.array([low, high])
+
+
+def part_crops(img: Image.Image, points: np.ndarray) -> dict[str, Image.Image]:
+    """Close-ups of the headstock, the body and the bridge of the guitar whose pixels are `points`."""
+    centre, axis, (low, high) = guitar_axis(points)
+    length = high - low
+
+    def at(fraction: float):  # a point on the axis, `fraction` of the way from the body's end to the headstock's
+        return centre + axis * (low + fraction * length)
+
+    return {"headstock": square_crop(img, at(0.9), 0.3 * length), "body": square_crop(img, at(0.25), 0.5 * length),
+            "bridge": square_crop(img, at(0.18), 0.25 * length)}
+
+
+def view_crops(img: Image.Image, index: int = 0) -> dict[str, Image.Image]:
+    """The photo itself and fixed views of it (see VIEWS); `index` alternates the rotation's side and the corner.
+
+    The part close-ups need the guitar's outline, so they come only from shots on white.
+    """
+    points, found = foreground(img)
+    corner = index % 4
+    side = OFF_CENTRE_SIDE * img.width, OFF_CENTRE_SIDE * img.height
+    left = 0 if corner in (0, 3) else img.width - side[0]
+    top = 0 if corner < 2 else img.height - side[1]
+    return {
+        "full": img,
+        **(part_crops(img, points) if found else {}),
+        "rotated": img.rotate(ROTATION_DEGREES * (1 if index % 2 else -1), Image.BILINEAR, expand=True,
+                              fillcolor=PAD_COLOUR),
+        "off-centre": img.crop(tuple(int(v) for v in (left, top, left + side[0], top + side[1]))),
+    }
