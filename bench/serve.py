@@ -1,6 +1,9 @@
 """Serving benchmark: our gunicorn app vs the Flask + learn.predict baseline, same model, images and machine.
 
-Usage: .venv/bin/python -m bench.serve [--model runs/demo] [--images DIR] [--json out.json]
+Usage: .venv/bin/python -m bench.serve [--model runs/demo] [--images DIR] [--ood DIR] [--json out.json]
+
+With photos of none of the classes (--ood), it measures the traffic people send apart (bench/traffic.py): easy
+photos (the model's top probability >= 0.99), hard ones (below, wrong ones included), out-of-scope ones, and a blend.
 """
 from __future__ import annotations
 
@@ -20,22 +23,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "guitars"
+OOD = ROOT.parent / "shared" / "data" / "ood-dev"
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def pick_images(folder: Path, count: int) -> list[Path]:
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    per_class = [sorted(c.glob("*.jpg")) for c in classes]
-    images, k = [], 0
-    while len(images) < count and any(k < len(files) for files in per_class):
-        images += [files[k] for files in per_class if k < len(files)]
-        k += 1
-    return images[:count]
 
 
 class Server:
@@ -122,17 +116,45 @@ def bare_forward_ms(model: str, images: list[Path], threads: int) -> dict[str, f
     return floors
 
 
+def measure_app(name: str, app: str, args_for_port, args, mixes: dict[str, list[Path]]) -> dict[str, dict]:
+    """One app's top-1 answers and load tests on every mix, from one server."""
+    levels = list(map(int, args.levels.split(",")))
+    server = Server(app, args_for_port, args.model, args.workers)
+    results = {}
+    try:
+        first = next(iter(mixes.values()))
+        server.wait(first[0])
+        for path in first[:4]:  # warm up every worker
+            post(server.url, path)
+        for mix, images in mixes.items():
+            labels = [post(server.url, p)[2] for p in dict.fromkeys(images)]
+            results[mix] = {"top1": labels, "levels": [load_test(server.url, images, c, max(48, 6 * c)) for c in levels]}
+            print(f"{name}, {mix}: " + "; ".join(
+                f"c={lv['concurrency']}: {lv['images_per_s']:.1f} img/s p50 {lv['p50_ms']:.0f} ms "
+                f"p95 {lv['p95_ms']:.0f} ms errors {lv['errors']}" for lv in results[mix]["levels"]), flush=True)
+        if name == "ours":
+            results["runtime"] = requests.get(server.url + "/api/v1/model", timeout=30).json()["runtime"]
+    finally:
+        server.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="runs/demo")
     parser.add_argument("--images", type=Path, default=REAL if REAL.is_dir() else ROOT / "demo_data")
-    parser.add_argument("--count", type=int, default=48, help="distinct images")
+    parser.add_argument("--ood", type=Path, default=OOD if OOD.is_dir() else None,
+                        help="photos of none of the classes: adds the easy/hard/out-of-scope/blend mixes")
+    parser.add_argument("--count", type=int, default=48, help="distinct images per mix")
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    images = pick_images(args.images, args.count)
+    from .traffic import BLEND, traffic
+
+    mixes = traffic(args.model, args.images, args.ood, args.count)
+    print("mixes: " + ", ".join(f"{mix} {len(images)}" for mix, images in mixes.items()), flush=True)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     apps = {
         "ours": ("wsgi:app", lambda port: ["-c", "gunicorn.conf.py"]),
@@ -140,41 +162,30 @@ def main() -> None:
         "baseline": ("bench.baseline_app:app",
                      lambda port: ["-w", str(args.workers), "-b", f"127.0.0.1:{port}", "--timeout", "300"]),
     }
-    results = {"model": args.model, "images": str(args.images), "distinct_images": len(images),
-               "workers": args.workers, "machine": f"{os.cpu_count()} cores", "apps": {}}
-    for name, (app, args_for_port) in apps.items():
-        server = Server(app, args_for_port, args.model, args.workers)
-        try:
-            server.wait(images[0])
-            for path in images[:4]:  # warm up every worker
-                post(server.url, path)
-            labels = [post(server.url, p)[2] for p in images]
-            if name == "ours":
-                results["served_runtime"] = requests.get(server.url + "/api/v1/model", timeout=30).json()["runtime"]
-            levels = [load_test(server.url, images, c, max(48, 6 * c)) for c in map(int, args.levels.split(","))]
-        finally:
-            server.stop()
-        results["apps"][name] = {"top1": labels, "levels": levels}
-        print(f"{name}: " + "; ".join(
-            f"c={lv['concurrency']}: {lv['images_per_s']:.1f} img/s p50 {lv['p50_ms']:.0f} ms "
-            f"p95 {lv['p95_ms']:.0f} ms p99 {lv['p99_ms']:.0f} ms errors {lv['errors']}" for lv in levels), flush=True)
+    measured = {name: measure_app(name, app, args_for_port, args, mixes) for name, (app, args_for_port) in apps.items()}
+    results = {"model": args.model, "images": str(args.images), "ood": str(args.ood) if args.ood else None,
+               "blend": BLEND if "blend" in mixes else None, "workers": args.workers,
+               "machine": f"{os.cpu_count()} cores", "served_runtime": measured["ours"].pop("runtime"), "mixes": {}}
+    for mix, images in mixes.items():
+        ours, base = measured["ours"][mix], measured["baseline"][mix]
+        results["mixes"][mix] = {
+            "requests_from": len(set(images)), "apps": {"ours": ours, "baseline": base},
+            "top1_identical": ours["top1"] == base["top1"],
+            "throughput_ratio": {lv["concurrency"]: lv["images_per_s"] / bl["images_per_s"]
+                                 for lv, bl in zip(ours["levels"], base["levels"])}}
+        print(f"{mix}: throughput ours/baseline " + ", ".join(
+            f"c={c}: {r:.2f}x" for c, r in results["mixes"][mix]["throughput_ratio"].items())
+            + f"; top-1 identical: {results['mixes'][mix]['top1_identical']}")
 
-    results["bare_forward_ms"] = bare_forward_ms(args.model, images, threads)
-    ours, base = results["apps"]["ours"], results["apps"]["baseline"]
-    results["top1_identical"] = ours["top1"] == base["top1"]
-    results["throughput_ratio"] = {lv["concurrency"]: lv["images_per_s"] / bl["images_per_s"]
-                                   for lv, bl in zip(ours["levels"], base["levels"])}
-    floors = results["bare_forward_ms"]
-    # Judged against the floor of the runtime we serve with (the fastest), not the slower PyTorch one.
-    results["p50_c1_over_bare"] = ours["levels"][0]["p50_ms"] / floors[results["served_runtime"]]
+    first = next(iter(results["mixes"].values()))["apps"]["ours"]["levels"][0]
+    results["bare_forward_ms"] = floors = bare_forward_ms(args.model, next(iter(mixes.values())), threads)
+    # Judged on the first mix (easy photos) against the floor of the runtime we serve with, not the slower PyTorch one.
+    results["p50_c1_over_bare"] = first["p50_ms"] / floors[results["served_runtime"]]
     print(f"bare forward, batch 1, {threads} thread(s): " + ", ".join(f"{k} {v:.1f} ms" for k, v in floors.items()))
-    print("throughput ours/baseline: " + ", ".join(f"c={c}: {r:.2f}x" for c, r in results["throughput_ratio"].items()))
-    if ours["levels"][0]["server_p50_ms"]:
-        parts = ours["levels"][0]["server_p50_ms"]
-        print("ours at c=1, median server-side ms: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
-              + f"; the rest of the {ours['levels'][0]['p50_ms']:.1f} ms p50 is HTTP, multipart, Flask, JSON, client")
-    print(f"p50 at c=1 / bare forward of the served runtime: {results['p50_c1_over_bare']:.2f}x; "
-          f"top-1 identical on every image: {results['top1_identical']}")
+    if first["server_p50_ms"]:
+        print("ours at c=1, median server-side ms: " + ", ".join(f"{k} {v:.1f}" for k, v in first["server_p50_ms"].items())
+              + f"; the rest of the {first['p50_ms']:.1f} ms p50 is HTTP, multipart, Flask, JSON, client")
+    print(f"p50 at c=1 / bare forward of the served runtime: {results['p50_c1_over_bare']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -28,13 +28,14 @@ class EpochPlan:
     spent_seconds: float
     epoch_seconds_estimate: float
     reserve_seconds: float
-    fit_seconds: float  # what the stage's fit may take, its validation passes included; the clock holds it to this
+    fit_seconds: float | None  # the stage's time, its validation passes included; None: not even the low end fits
 
     def describe(self) -> str:
         """One line for the training log."""
         return (f"  budget {self.budget_seconds / 60:.0f} min, {self.spent_seconds / 60:.1f} spent; one epoch "
                 f"~{self.epoch_seconds_estimate / 60:.1f} min, {self.reserve_seconds / 60:.1f} kept for the "
-                f"export -> {self.fit_seconds / 60:.1f} min, about {self.epochs} epochs")
+                f"export -> " + (f"{self.fit_seconds / 60:.1f} min, about {self.epochs} epochs" if self.fit_seconds
+                                 else f"{self.epochs} epochs, past the budget"))
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,10 @@ def plan_epochs(budget_seconds: float, spent_seconds: float, epoch_seconds: floa
     reserve = 0.2 * epoch_seconds + 60.0 + finish_seconds
     room = budget_seconds - spent_seconds - reserve
     fits = math.floor(room / epoch_seconds) if epoch_seconds > 0 else high
-    epochs = max(low, min(high, fits))
-    # Too little room for the low end still gets it (the log says the budget is overrun); otherwise the whole room.
-    fit_seconds = max(room, low * epoch_seconds)
-    return EpochPlan(epochs=epochs, budget_seconds=budget_seconds, spent_seconds=spent_seconds,
-                     epoch_seconds_estimate=epoch_seconds, reserve_seconds=reserve, fit_seconds=fit_seconds)
+    # Too little room for the low end still gets it, by count (the log says the budget is overrun).
+    return EpochPlan(epochs=max(low, min(high, fits)), budget_seconds=budget_seconds, spent_seconds=spent_seconds,
+                     epoch_seconds_estimate=epoch_seconds, reserve_seconds=reserve,
+                     fit_seconds=room if fits >= low else None)
 
 
 class ClockSchedule(Callback):

@@ -111,16 +111,19 @@ def find_lr(learn, run: Run, stage_name: str, cbs) -> float:
     return float(suggestion.valley)
 
 
-def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[ClockSchedule, dict]:
-    """The clock that holds an elastic stage to what is left of the recipe's budget, and how that was decided."""
+def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[int, ClockSchedule | None, dict]:
+    """An elastic stage's epochs and the clock that holds it to what is left of the recipe's budget (none when not
+    even its low end fits: it then runs those epochs), and how that was decided."""
     probe = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
     spent = run.spent_before + time.monotonic() - run.started
     plan = plan_epochs(run.recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs,
                        finish_seconds=probe.scope_seconds)
     run.echo(plan.describe())
     budget = {**asdict(plan), "lost_seconds": run.state.get("lost_seconds", 0.0), "probe": asdict(probe)}
+    if rank0_choice(plan.fit_seconds) is None:
+        return stage.epochs[0], None, budget
     clock = ClockSchedule(rank0_choice(plan.fit_seconds), probe.valid_batch_seconds * probe.valid_batches)
-    return clock, budget
+    return stage.epochs[1], clock, budget
 
 
 def train_stage(run: Run, index: int, learn=None):
@@ -140,8 +143,8 @@ def train_stage(run: Run, index: int, learn=None):
         run.echo(f"  lr_find suggests {record['lr_found']:.2e}")
     epochs, clock = stage.epochs, []
     if stage.elastic:
-        schedule, record["budget"] = budgeted_fit(learn, run, stage)
-        epochs, clock = stage.epochs[1], [schedule]
+        epochs, schedule, record["budget"] = budgeted_fit(learn, run, stage)
+        clock = [schedule] if schedule else []
     length = f"up to {epochs} epochs, annealed on the clock" if clock else f"{epochs} epochs"
     run.echo(f"stage {index + 1}/{len(run.recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
              f"{'frozen' if stage.frozen else 'unfrozen'}, {length}, lr {stage.lr}")
