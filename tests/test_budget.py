@@ -13,6 +13,7 @@ from fastai.torch_core import noop
 
 from training.budget import ClockSchedule, EpochProbe, plan_epochs, probe_epoch
 from training.learner import build_learner, make_dataloaders
+from training.stage import EpochTable
 
 
 def test_probe_times_real_batches_and_leaves_the_model_as_it_was(demo_data):
@@ -98,13 +99,17 @@ def clocked_learner(demo_data):
 def test_a_stage_slowed_halfway_still_ends_on_its_clock_with_the_rate_annealed(demo_data):
     learn = clocked_learner(demo_data)
     seconds = 16.0
-    clock = ClockSchedule(seconds, valid_seconds=0.5)
+    clock, table = ClockSchedule(seconds, valid_seconds=0.5), EpochTable()
     start = time.monotonic()
-    learn.fit_one_cycle(100, 1e-3, cbs=[clock, SlowDown(1.5, after_seconds=seconds / 2)])
+    learn.fit_one_cycle(100, 1e-3, cbs=[clock, SlowDown(1.5, after_seconds=seconds / 2), table])
     elapsed = time.monotonic() - start
 
     assert clock.stopped_early and 1 < len(learn.recorder.values) < 100
     assert abs(elapsed - seconds) <= 0.02 * seconds
+    # the last, cut-short epoch is still a whole row of the table, its training loss included
+    assert len(table.rows) == len(learn.recorder.values)
+    assert all(len(values) == 4 for values in learn.recorder.values)
+    assert 0 < table.rows[-1]["train_loss"] and 0 <= table.rows[-1]["accuracy"] <= 1
     lrs = learn.recorder.hps["lr"]
     assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # the one cycle peaked ...
     assert lrs[-1] < 0.02 * max(lrs)  # ... and was annealed by the time the clock ran out

@@ -137,7 +137,7 @@ class ClockSchedule(Callback):
 
     def before_fit(self):
         self.start = self.last_batch_end = self.clock()
-        self.batch_seconds = 0.0
+        self.batch_seconds = self.position = 0.0
         self.out_of_time = False
 
     def _train_seconds_left(self) -> float:
@@ -154,7 +154,9 @@ class ClockSchedule(Callback):
         by_steps = self.train_iter / (self.n_iter * self.n_epoch)
         train_seconds = self.seconds - self.valid_seconds
         by_clock = (self.clock() - self.start) / train_seconds if train_seconds > 0 else 1.0
-        self.learn.pct_train = rank0_choice(min(1.0, max(by_steps, by_clock)))
+        # never back: a validation pass measured shorter than estimated must not raise the learning rate again
+        self.position = max(self.position, rank0_choice(min(1.0, max(by_steps, by_clock))))
+        self.learn.pct_train = self.position
 
     def after_batch(self):
         now = self.clock()
@@ -163,6 +165,11 @@ class ClockSchedule(Callback):
         if rank0_choice(self._train_seconds_left() < self.batch_seconds / 2):
             self.out_of_time = self.stopped_early = True
             raise CancelTrainException()
+
+    def after_cancel_train(self):
+        # fastai's Recorder drops a cancelled phase's training loss, and with it every column after it would shift:
+        # a phase the clock cut short is still a phase, so its loss is logged as usual.
+        self.learn.recorder.cancel_train = False
 
     def before_validate(self):
         self.valid_start = self.clock()

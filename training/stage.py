@@ -153,7 +153,8 @@ def train_stage(run: Run, index: int, learn=None):
     with data_parallel(learn, run.device):
         learn.fit_one_cycle(epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, *clock, table])
     if clock:
-        record["budget"]["fit_seconds_used"] = round(time.monotonic() - started, 2)
+        record["budget"].update(fit_seconds_used=round(time.monotonic() - started, 2),
+                                stopped_on_clock=clock[0].stopped_early)
     record["epochs"] = table.rows
     run.completed.append(record)
     run.state.pop("running", None)
