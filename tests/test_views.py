@@ -80,7 +80,7 @@ def test_evaluate_scores_each_view_of_the_validation_photos(runner, trained_run,
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["unsure"] <= 1 and 0 <= row["out_of_scope"] <= 1
 
     summary = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(demo_data), "--views"])
-    assert "headstock" in summary.output and "sure right" in summary.output
+    assert "off-centre" in summary.output and "sure right" in summary.output
 
 
 def test_valid_only_needs_the_run_directory(runner, trained_run, demo_data, tmp_path):
