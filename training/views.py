@@ -1,8 +1,4 @@
-"""The views people photograph: close-ups of a guitar's parts, rotated and off-centre shots, cut from full shots.
-
-Training draws random close-ups (`CloseUp`); evaluation cuts fixed views from validation photos (`view_crops`).
-Both find the guitar the same way: product shots are on white, so what is not near-white is the guitar.
-"""
+"""The views people photograph: close-ups of a guitar's parts, rotated and off-centre shots, cut from full shots."""
 from __future__ import annotations
 
 import random
@@ -14,6 +10,9 @@ from PIL import Image
 
 from .imaging import PAD_COLOUR
 
+# Training draws random close-ups (`CloseUp`); evaluation cuts fixed views from validation photos (`view_crops`).
+# Both find the guitar the same way: product shots are on white, so what is not near-white is the guitar.
+
 MASK_SIDE = 96  # the guitar is found on a copy this small: its outline, not its detail, is needed
 NEAR_WHITE = 235  # a pixel with every channel at least this is background
 MIN_FOREGROUND = 0.01  # less than this share of the photo off-white: no guitar found, the whole photo counts
@@ -24,8 +23,7 @@ OFF_CENTRE_SIDE = 0.6  # an off-centre shot keeps this share of the photo's side
 
 
 def foreground(img: Image.Image) -> tuple[np.ndarray, bool]:
-    """(x, y) of the guitar's pixels in `img`'s own coordinates, found on a small copy, and whether a guitar on white
-    was found at all (if not, every pixel is returned)."""
+    """(x, y) of the guitar's pixels, found on a small copy, and whether a guitar on white was found (else all)."""
     small = img.copy()
     small.thumbnail((MASK_SIDE, MASK_SIDE))
     pixels = np.asarray(small.convert("RGB"))
@@ -49,14 +47,13 @@ def square_crop(img: Image.Image, centre, side: float) -> Image.Image:
 
 
 class CloseUp(RandTransform):
-    """fastai item transform, training only: with probability `p`, a square close-up of a random part of the guitar
-    covering `scale` (a range) of the photo's area, for the views people shoot in a shop."""
+    """fastai item transform, training only: with probability `p`, a square close-up of part of the guitar."""
 
     split_idx, order = 0, 0  # before SquarePad (order 1), on the photo at its own size
 
     def __init__(self, p: float, scale: tuple[float, float] = (0.06, 0.4)):
         super().__init__(p=p)
-        self.scale = scale
+        self.scale = scale  # the range of the close-up's share of the photo's area
 
     def encodes(self, img: PILImage) -> PILImage:
         points, _ = foreground(img)
@@ -93,10 +90,7 @@ def part_crops(img: Image.Image, points: np.ndarray) -> dict[str, Image.Image]:
 
 
 def view_crops(img: Image.Image, index: int = 0) -> dict[str, Image.Image]:
-    """The photo itself and fixed views of it (see VIEWS); `index` alternates the rotation's side and the corner.
-
-    The part close-ups need the guitar's outline, so they come only from shots on white.
-    """
+    """The photo and fixed views of it (VIEWS; part close-ups only from shots on white); `index` varies side and corner."""
     points, found = foreground(img)
     corner = index % 4
     side = OFF_CENTRE_SIDE * img.width, OFF_CENTRE_SIDE * img.height
