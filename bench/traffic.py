@@ -1,10 +1,9 @@
 """The traffic people send, as lists of photos: easy, hard and out-of-scope ones, and a blend of the three."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from training.runfiles import SPLIT, model_file
+from training.runfiles import RunFileError, model_file, validation_paths
 
 # The served bf16 runtime keeps its answer at or above this top probability and recomputes below it in fp32.
 SURE = 0.99
@@ -24,13 +23,12 @@ def validation_photos(model: str, folder: Path) -> list[Path]:
     """The run's validation photos found in `folder` (every photo there when the run has no split file)."""
     from training.predict_files import expand_paths
 
-    split = model_file(model).parent / SPLIT
-    if split.exists():
-        items = json.loads(split.read_text())["items"]
-        paths = [folder / item["path"] for item in items if item["is_valid"] and (folder / item["path"]).exists()]
-        if paths:
-            return round_robin(folder, paths)
-    return round_robin(folder, expand_paths([folder]))
+    try:
+        held_out = validation_paths(model_file(model).parent)
+    except RunFileError:  # a bare export.pkl: no split to take the validation photos from
+        held_out = set()
+    paths = [folder / path for path in held_out if (folder / path).exists()]
+    return round_robin(folder, paths or expand_paths([folder]))
 
 
 def fp32_predictor(model: str):

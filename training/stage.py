@@ -120,10 +120,10 @@ def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[int, ClockSchedule | No
                        finish_seconds=probe.scope_seconds)
     run.echo(plan.describe())
     budget = {**asdict(plan), "lost_seconds": run.state.get("lost_seconds", 0.0), "probe": asdict(probe)}
-    if rank0_choice(plan.fit_seconds) is None:
+    fit_seconds = rank0_choice(plan.fit_seconds)
+    if fit_seconds is None:
         return stage.epochs[0], None, budget
-    clock = ClockSchedule(rank0_choice(plan.fit_seconds), probe.valid_batch_seconds * probe.valid_batches)
-    return stage.epochs[1], clock, budget
+    return stage.epochs[1], ClockSchedule(fit_seconds, probe.valid_batch_seconds * probe.valid_batches), budget
 
 
 def train_stage(run: Run, index: int, learn=None):
