@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.graphs import onnx_bytes
 from training.imaging import open_image, to_batch
 from training.inference import Predictor
 from training.openset import ImageNetCheck, ImageNetProfile, WithFeatures
 from training.predict_files import expand_paths
 from training.runfiles import SPLIT
-from training.runtimes import onnx_bytes
 
 
 def compile_all(predictor: Predictor, calibration: list[Path]) -> dict:

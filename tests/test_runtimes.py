@@ -1,4 +1,5 @@
 """The fast serving runtimes (OpenVINO, ONNX Runtime) give the same answers as the learner's own PyTorch model."""
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,6 +13,7 @@ from training.openset import WithFeatures
 from training.runtimes import (
     BF16_CONFIDENT,
     BF16_MAX_PROBABILITY_DIFFERENCE,
+    BF16_SCOPE_MARGIN,
     RuntimeUnavailable,
     agreement,
     guarded_forward,
@@ -93,6 +95,54 @@ def test_guard_recomputes_exactly_the_unconfident_rows():
     assert calls == [len(logits), 2]  # the fast pass did every row, the exact pass only the two unsure ones
     torch.testing.assert_close(got[[1, 3]], logits[[1, 3]])
     torch.testing.assert_close(got[[0, 2]], logits[[0, 2]] + torch.tensor([0.25, 0.0, 0.0]))
+
+
+def test_guard_also_recomputes_the_rows_its_close_call_marks():
+    logits = torch.tensor([[9.0, 0.0, 0.0, 5.0], [9.0, 0.0, 0.0, -0.3]])  # both confident; the last column a score
+    batch = logits[:, :, None, None].expand(-1, -1, 2, 2).clone()
+
+    def exact(rows):
+        return rows.mean((2, 3))
+
+    def fast(rows):
+        return exact(rows) + torch.tensor([0.0, 0.0, 0.0, 0.5])  # a small error in the score only
+
+    def near_zero(output):  # say the decision is "score >= 0"; bf16 could flip it within 1 of the line
+        return output[:, 3].abs() < 1.0
+
+    got = guarded_forward(fast, exact, n_classes=3, close_call=near_zero)(batch)
+    torch.testing.assert_close(got[0], logits[0] + torch.tensor([0.0, 0.0, 0.0, 0.5]))  # far from the line: kept
+    torch.testing.assert_close(got[1], logits[1])
+
+
+def _confident_predictor(run, runtime: str) -> Predictor:
+    """The smoke model with its logits scaled up 1000x, so bf16 keeps its answers (the smoke model is never sure)."""
+    from fastai.learner import load_learner
+
+    learn = load_learner(run / "export.pkl", cpu=True)
+    with torch.no_grad():
+        last = [m for m in learn.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight *= 1000
+    return Predictor(learn, json.loads((run / "report.json").read_text()), runtime=runtime)
+
+
+@needs_bf16
+def test_bf16_leaves_a_scope_decision_it_could_get_wrong_to_fp32(trained_run, images):
+    fast, exact = _confident_predictor(trained_run, "openvino-bf16"), _confident_predictor(trained_run, "openvino")
+    assert (fast.runtime, exact.runtime) == ("openvino-bf16", "openvino")
+    fast.scope.threshold = -np.inf  # nothing is near the line: every confident photo keeps its bf16 score
+    probabilities, fast_scores = fast.outputs(images)
+    exact_scores = np.array(exact.outputs(images)[1])
+    shift = np.abs(np.array(fast_scores) - exact_scores)
+    # The margin is twice the largest shift bf16 caused on real photos; this tiny model's shifts can be larger.
+    kept = (probabilities.max(1) >= BF16_CONFIDENT) & (shift < BF16_SCOPE_MARGIN)
+    worst = int(np.where(kept, shift, 0).argmax())
+    assert kept[worst] and shift[worst] > 0  # bf16 kept this photo and moved its score
+    # A threshold between the two scores: bf16 alone would decide this photo the other way from fp32.
+    fast.scope.threshold = exact.scope.threshold = (fast_scores[worst] + exact_scores[worst]) / 2
+    answers = fast.predict(images), exact.predict(images)
+    assert [a.in_scope for a in answers[0]] == [a.in_scope for a in answers[1]]
+    assert answers[0][worst].scope_score == pytest.approx(exact_scores[worst], abs=1e-4)
 
 
 def test_agreement_detects_a_different_model(plain):

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .classnames import class_names, names_for
-from .fsutil import write_json
+from .fsutil import default_cache_dir, write_json
 from .imaging import ImageError, is_image_file, open_image
 from .labels import Applied, apply_decisions
 
@@ -97,11 +97,6 @@ def _fingerprint_file(path: str) -> tuple[str, int] | str:
     except (ImageError, OSError) as exc:
         return str(exc)
     return hashlib.sha256(data).hexdigest(), int(str(imagehash.phash(img)), 16)
-
-
-def default_cache_dir() -> Path:
-    """Where fingerprints and other derived data are cached (never inside the data folder, which may be read-only)."""
-    return Path(os.environ.get("GUITARS_CACHE", Path.home() / ".cache" / "guitar-classifier"))
 
 
 def scan_dataset(root: str | os.PathLike, cache_dir: Path | None = None, progress: bool = True) -> DatasetScan:

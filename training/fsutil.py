@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +32,23 @@ def atomic_path(target: str | os.PathLike):
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def default_cache_dir() -> Path:
+    """Where fingerprints and other derived data are cached (never inside the data folder, which may be read-only)."""
+    return Path(os.environ.get("GUITARS_CACHE", Path.home() / ".cache" / "guitar-classifier"))
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | os.PathLike):
+    """Hold an exclusive lock on `lock_file` (created if missing) against other processes and threads alike."""
+    # Each call opens the file anew, so flock excludes threads of one process as it does other processes.
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_json(target: str | os.PathLike, data) -> None:

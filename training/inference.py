@@ -16,7 +16,7 @@ from .classnames import names_for
 from .imaging import to_batch
 from .openset import ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures
 from .runfiles import REPORT, RunFileError, check_meta, model_file, read_report
-from .runtimes import RuntimeUnavailable, make_forward
+from .runtimes import BF16_SCOPE_MARGIN, RuntimeUnavailable, make_forward
 
 DEFAULT_UNSURE_BELOW = 0.5  # for a model whose report has no fitted threshold
 
@@ -80,7 +80,9 @@ class Predictor:
             extra = [] if self.scope.profile_weights is None else [
                 ImageNetProfile(ImageNetCheck(self.mean, self.std), self.scope.profile_weights)]
             served = WithFeatures(self.model, *extra).eval()
-        self.runtime, self._forward = make_forward(served, self.size, runtime, n_classes=len(self.classes))
+        close_call = None if self.scope is None else self._near_scope_threshold
+        self.runtime, self._forward = make_forward(served, self.size, runtime, n_classes=len(self.classes),
+                                                   close_call=close_call)
         # fastai's Learner is not thread-safe, but a module in eval mode is; the lock only guards CAM's autograd use.
         self._cam_lock = threading.Lock()
 
@@ -159,9 +161,18 @@ class Predictor:
             features = ((output[: len(batch), n:] + output[len(batch):, n:]) / 2).numpy()
         if self.scope is None:
             return probabilities, [None] * len(batch)
+        return probabilities, list(self._scope_scores(features))
+
+    def _scope_scores(self, columns: np.ndarray) -> np.ndarray:
+        """Scope scores from the served output's columns after the logits: [features (| ImageNet profile)]."""
         if self.scope.profile_weights is None:
-            return probabilities, list(self.scope.scores(features))
-        return probabilities, list(self.scope.scores(features[:, :-1], features[:, -1]))
+            return self.scope.scores(columns)
+        return self.scope.scores(columns[:, :-1], columns[:, -1])
+
+    def _near_scope_threshold(self, output: torch.Tensor) -> torch.Tensor:
+        """Rows of a bf16 output whose scope score is within bf16's error of the threshold (fp32 decides those)."""
+        scores = self._scope_scores(output[:, len(self.classes):].numpy())
+        return torch.from_numpy(np.abs(scores - self.scope.threshold) < BF16_SCOPE_MARGIN)
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import fcntl
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .fsutil import atomic_path
+from .fsutil import atomic_path, exclusive
 
 DECISIONS_FILE = "labels.csv"
 FIELDS = ("path", "decision", "label", "when")
@@ -87,13 +86,8 @@ def _write(root: Path, decisions: list[Decision]) -> None:
 @contextlib.contextmanager
 def _writing(root: Path):
     """One writer at a time, across the review page's threads and any other process: read, change, write."""
-    # Each call opens the lock file anew, so flock excludes threads of one process as it does other processes.
-    with open(Path(root) / f".{DECISIONS_FILE}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive(Path(root) / f".{DECISIONS_FILE}.lock"):
+        yield
 
 
 def record_decision(root: Path, path: str, decision: str, label: str = "") -> Decision:

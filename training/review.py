@@ -10,8 +10,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backbones import get_backbone
-from .dataset import DatasetScan, default_cache_dir, duplicate_groups, scan_dataset
-from .fsutil import write_json
+from .dataset import DatasetScan, duplicate_groups, scan_dataset
+from .fsutil import default_cache_dir, write_json
 from .imaging import open_image, to_batch
 from .labels import latest_decisions, read_decisions
 from .openset import FEATURE_BATCH, fit_scope

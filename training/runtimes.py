@@ -1,16 +1,16 @@
 """Forward passes for serving: the learner's PyTorch model, or the same weights exported to OpenVINO or ONNX Runtime."""
 from __future__ import annotations
 
-import io
 import logging
 import threading
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .devices import cpu_has_native_bf16
+from .fsutil import exclusive
+from .graphs import cached_onnx_bytes, graph_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,12 @@ MAX_PROBABILITY_DIFFERENCE = 1e-3
 BF16_CONFIDENT = 0.99
 # What bf16 may still move a shown probability by on a confident prediction (bounded by the margin above).
 BF16_MAX_PROBABILITY_DIFFERENCE = 0.1
+# A confident bf16 answer is still recomputed when its scope score is this close to the detector's threshold: twice
+# the largest shift bf16 caused in the score of a photo it kept (docs/experiments.md, "bf16 serving").
+BF16_SCOPE_MARGIN = 1.0
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+CloseCall = Callable[[torch.Tensor], torch.Tensor]  # a forward's output -> which rows bf16 may have decided wrongly
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -42,16 +46,6 @@ def torch_forward(model: torch.nn.Module) -> Forward:
             return model(batch).float()
 
     return forward
-
-
-def onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
-    """The model as an ONNX graph with a free batch dimension, exported in memory."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter warns about its own deprecation
-        torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), buffer, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, dynamo=False)
-    return buffer.getvalue()
 
 
 def onnx_forward(graph: bytes, threads: int) -> Forward:
@@ -80,10 +74,22 @@ def _openvino_core():
     return openvino.Core()
 
 
-def openvino_forward(graph: bytes, threads: int, precision: str = "f32") -> Forward:
-    """Logits from OpenVINO's CPU plugin in `precision` (f32 unless asked: its default on bf16 CPUs is bf16)."""
-    core = _openvino_core()
-    compiled = core.compile_model(core.read_model(graph), "CPU", {
+def _compile(core, model, config: dict):
+    """Compile for the CPU through OpenVINO's model cache (the next worker or reload skips most of the work)."""
+    folder = graph_cache_dir() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # One compile at a time per cache: a worker must never read a blob another worker is still writing.
+        with exclusive(folder / ".lock"):
+            return core.compile_model(model, "CPU", {**config, "CACHE_DIR": str(folder)})
+    except (OSError, RuntimeError) as exc:  # a read-only or full cache costs a full compile, never the runtime
+        log.warning("compiling without OpenVINO's cache (%s): %s", folder, exc)
+        return core.compile_model(model, "CPU", config)
+
+
+def _compiled_forward(core, model, threads: int, precision: str) -> Forward:
+    """One OpenVINO model compiled for the CPU in `precision`, as a thread-safe forward."""
+    compiled = _compile(core, model, {
         "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
         "ENABLE_CPU_PINNING": False})
     local = threading.local()  # an infer request must not be shared between threads
@@ -98,16 +104,25 @@ def openvino_forward(graph: bytes, threads: int, precision: str = "f32") -> Forw
     return forward
 
 
+def openvino_forward(graph: bytes, threads: int, precision: str = "f32") -> Forward:
+    """Logits from OpenVINO's CPU plugin in `precision` (f32 unless asked: its default on bf16 CPUs is bf16)."""
+    core = _openvino_core()
+    return _compiled_forward(core, core.read_model(graph), threads, precision)
+
+
 def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT,
-                    n_classes: int | None = None) -> Forward:
+                    n_classes: int | None = None, close_call: CloseCall | None = None) -> Forward:
     """`fast`'s output where its top probability reaches `confident`; `exact` recomputes the other rows.
 
     The first `n_classes` columns are the logits (all of them when None); any others (features) ride along.
+    `close_call` marks further rows to recompute: those where `fast`'s error could change another decision.
     """
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         output = fast(batch)
         unsure = torch.softmax(output[:, :n_classes], dim=1).amax(dim=1) < confident
+        if close_call is not None:
+            unsure |= close_call(output)
         if unsure.any():
             output[unsure] = exact(batch[unsure])
         return output
@@ -115,12 +130,15 @@ def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFI
     return forward
 
 
-def openvino_bf16_forward(graph: bytes, threads: int, n_classes: int | None = None) -> Forward:
+def openvino_bf16_forward(graph: bytes, threads: int, n_classes: int | None = None,
+                          close_call: CloseCall | None = None) -> Forward:
     """OpenVINO in bf16, recomputing in fp32 what is under `BF16_CONFIDENT`; only on CPUs with native bf16."""
     if not cpu_has_native_bf16():
         raise RuntimeUnavailable("this CPU has no native bf16, where bf16 would be slower than fp32")
-    return guarded_forward(openvino_forward(graph, threads, "bf16"), openvino_forward(graph, threads, "f32"),
-                           n_classes=n_classes)
+    core = _openvino_core()
+    model = core.read_model(graph)
+    return guarded_forward(_compiled_forward(core, model, threads, "bf16"), _compiled_forward(core, model, threads, "f32"),
+                           n_classes=n_classes, close_call=close_call)
 
 
 def agreement(reference: Forward, candidate: Forward, size: int, seed: int = 0, n_classes: int | None = None) -> float:
@@ -134,10 +152,11 @@ def agreement(reference: Forward, candidate: Forward, size: int, seed: int = 0, 
 BUILDERS = {"openvino-bf16": openvino_bf16_forward, "openvino": openvino_forward, "onnx": onnx_forward}
 
 
-def build_runtime(name: str, graph: bytes, threads: int, n_classes: int | None) -> Forward:
-    """One fast runtime over an ONNX graph (only the bf16 one needs to know where the logits end)."""
+def build_runtime(name: str, graph: bytes, threads: int, n_classes: int | None,
+                  close_call: CloseCall | None = None) -> Forward:
+    """One fast runtime over an ONNX graph (only the bf16 one needs to know where the logits end and its guard)."""
     if name == "openvino-bf16" and n_classes is not None:
-        return BUILDERS[name](graph, threads, n_classes)
+        return BUILDERS[name](graph, threads, n_classes, close_call)
     return BUILDERS[name](graph, threads)
 
 
@@ -146,11 +165,12 @@ def probability_tolerance(runtime: str) -> float:
     return BF16_MAX_PROBABILITY_DIFFERENCE if runtime == "openvino-bf16" else MAX_PROBABILITY_DIFFERENCE
 
 
-def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto",
-                 n_classes: int | None = None) -> tuple[str, Forward]:
+def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto", n_classes: int | None = None,
+                 close_call: CloseCall | None = None) -> tuple[str, Forward]:
     """The fastest forward that agrees with PyTorch (OpenVINO bf16/fp32, ONNX Runtime, PyTorch); returns (name, fn).
 
     `n_classes`: the model's output starts with that many logits, followed by other columns (features).
+    `close_call`: rows a bf16 runtime must recompute in fp32 besides the unconfident ones (see `guarded_forward`).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
@@ -158,7 +178,7 @@ def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto",
     if runtime == "torch":
         return "torch", reference
     try:
-        graph = onnx_bytes(model, size)
+        graph = cached_onnx_bytes(model, size)
     except Exception as exc:  # an exporter failure must not stop serving when PyTorch works
         reason = (str(exc).splitlines() or [exc.__class__.__name__])[0][:300]  # exporters append whole graphs
         if runtime != "auto":
@@ -167,7 +187,7 @@ def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto",
         return "torch", reference
     for name in FAST_RUNTIMES if runtime == "auto" else (runtime,):
         try:
-            candidate = build_runtime(name, graph, torch.get_num_threads(), n_classes)
+            candidate = build_runtime(name, graph, torch.get_num_threads(), n_classes, close_call)
             difference = agreement(reference, candidate, size, n_classes=n_classes)
         except Exception as exc:  # a runtime that is missing or cannot compile the graph
             if runtime != "auto":
