@@ -1,5 +1,6 @@
 """The fast serving runtimes (OpenVINO, ONNX Runtime) give the same answers as the learner's own PyTorch model."""
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,6 +15,8 @@ from training.runtimes import (
     BF16_CONFIDENT,
     BF16_MAX_PROBABILITY_DIFFERENCE,
     BF16_SCOPE_MARGIN,
+    FAST_PROBE_EVERY,
+    GuardedForward,
     RuntimeUnavailable,
     agreement,
     guarded_forward,
@@ -113,6 +116,31 @@ def test_guard_also_recomputes_the_rows_its_close_call_marks():
     got = guarded_forward(fast, exact, n_classes=3, close_call=near_zero)(batch)
     torch.testing.assert_close(got[0], logits[0] + torch.tensor([0.0, 0.0, 0.0, 0.5]))  # far from the line: kept
     torch.testing.assert_close(got[1], logits[1])
+
+
+def test_guard_goes_exact_first_while_most_photos_need_it_and_back_when_they_dont():
+    sure, unsure = torch.tensor([[9.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.8, 0.0]])
+    calls = []
+
+    def exact(batch):
+        time.sleep(0.010 * len(batch))  # a real cost: fp32 takes about twice bf16's time
+        calls.append("exact")
+        return batch.mean((2, 3))
+
+    def fast(batch):
+        time.sleep(0.005 * len(batch))
+        calls.append("fast")
+        return batch.mean((2, 3))
+
+    guard = GuardedForward(fast, exact)
+    as_batch = lambda logits: logits[:, :, None, None].expand(-1, -1, 2, 2).clone()  # noqa: E731
+    for _ in range(10):  # hard photos only: after a few, the fast pass is skipped
+        torch.testing.assert_close(guard(as_batch(unsure)), unsure)
+    assert guard.exact_first() and calls[-3:] == ["exact"] * 3
+    calls.clear()
+    for _ in range(2 * FAST_PROBE_EVERY):  # easy photos again: bf16 first, once the running share has fallen
+        guard(as_batch(sure))
+    assert not guard.exact_first() and calls[-3:] == ["fast"] * 3
 
 
 def _confident_predictor(run, runtime: str) -> Predictor:

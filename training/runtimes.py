@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -110,24 +113,69 @@ def openvino_forward(graph: bytes, threads: int, precision: str = "f32") -> Forw
     return _compiled_forward(core, core.read_model(graph), threads, precision)
 
 
-def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT,
-                    n_classes: int | None = None, close_call: CloseCall | None = None) -> Forward:
-    """`fast`'s output where its top probability reaches `confident`; `exact` recomputes the other rows.
+# How fast the guard's running share of rows handed to fp32 follows the traffic.
+RECENT_WEIGHT = 0.1
+# Seconds a row, per pass: the median of the last few calls (a first call also pays the runtime's lazy set-up).
+TIMINGS_KEPT, TIMINGS_NEEDED = 9, 3
+# While exact-first, one call in this many still goes fast-first, so the fast pass's timing stays current.
+FAST_PROBE_EVERY = 16
+
+
+class GuardedForward:
+    """`fast` first and `exact` for the rows it can't be trusted on; `exact` straight away while most recent rows
+    needed it anyway (a hard or out-of-scope photo would otherwise pay both passes).
 
     The first `n_classes` columns are the logits (all of them when None); any others (features) ride along.
     `close_call` marks further rows to recompute: those where `fast`'s error could change another decision.
     """
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        output = fast(batch)
-        unsure = torch.softmax(output[:, :n_classes], dim=1).amax(dim=1) < confident
-        if close_call is not None:
-            unsure |= close_call(output)
-        if unsure.any():
-            output[unsure] = exact(batch[unsure])
+    def __init__(self, fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT,
+                 n_classes: int | None = None, close_call: CloseCall | None = None):
+        self.fast, self.exact, self.confident = fast, exact, confident
+        self.n_classes, self.close_call = n_classes, close_call
+        self.handed_over = 0.0  # recent share of rows that needed `exact`
+        self.timings = {"fast": deque(maxlen=TIMINGS_KEPT), "exact": deque(maxlen=TIMINGS_KEPT)}  # seconds a row
+        self.calls = 0
+
+    def needs_exact(self, output: torch.Tensor) -> torch.Tensor:
+        """Rows whose answer `fast` may have got wrong: not confident, or a close call."""
+        unsure = torch.softmax(output[:, :self.n_classes], dim=1).amax(dim=1) < self.confident
+        if self.close_call is not None:
+            unsure |= self.close_call(output)
+        return unsure
+
+    def exact_first(self) -> bool:
+        """Whether `exact` alone is expected to cost less a row than `fast` plus the share handed over."""
+        if min(len(found) for found in self.timings.values()) < TIMINGS_NEEDED:
+            return False
+        fast, exact = (statistics.median(self.timings[name]) for name in ("fast", "exact"))
+        return fast + self.handed_over * exact > exact
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls % FAST_PROBE_EVERY and self.exact_first():
+            output = self._timed("exact", batch)
+            needed = self.needs_exact(output)  # judged on the exact answer: what `fast` would have handed over
+        else:
+            output = self._timed("fast", batch)
+            needed = self.needs_exact(output)
+            if needed.any():
+                output[needed] = self._timed("exact", batch[needed])
+        # Threads may race on these running averages; a lost update only delays the switch by a request.
+        self.handed_over += RECENT_WEIGHT * (float(needed.float().mean()) - self.handed_over)
         return output
 
-    return forward
+    def _timed(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        output = (self.fast if name == "fast" else self.exact)(rows)
+        self.timings[name].append((time.perf_counter() - started) / len(rows))
+        return output
+
+
+def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT,
+                    n_classes: int | None = None, close_call: CloseCall | None = None) -> Forward:
+    """`fast`'s output where it can be trusted, `exact`'s elsewhere (see `GuardedForward`)."""
+    return GuardedForward(fast, exact, confident, n_classes, close_call)
 
 
 def openvino_bf16_forward(graph: bytes, threads: int, n_classes: int | None = None,
