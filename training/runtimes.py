@@ -114,11 +114,14 @@ def openvino_forward(graph: bytes, threads: int, precision: str = "f32") -> Forw
 
 
 # How fast the guard's running share of rows handed to fp32 follows the traffic.
-RECENT_WEIGHT = 0.1
+RECENT_WEIGHT = 0.2
 # Seconds a row, per pass: the median of the last few calls (a first call also pays the runtime's lazy set-up).
 TIMINGS_KEPT, TIMINGS_NEEDED = 9, 3
 # While exact-first, one call in this many still goes fast-first, so the fast pass's timing stays current.
 FAST_PROBE_EVERY = 16
+# Exact-first only when it saves at least this share: near the break-even (a blend of easy and hard photos) both
+# cost the same on average, but fast-first answers the easy majority sooner.
+EXACT_FIRST_SAVING = 0.25
 
 
 class GuardedForward:
@@ -145,11 +148,11 @@ class GuardedForward:
         return unsure
 
     def exact_first(self) -> bool:
-        """Whether `exact` alone is expected to cost less a row than `fast` plus the share handed over."""
+        """Whether `exact` alone is expected to cost clearly less a row than `fast` plus the share handed over."""
         if min(len(found) for found in self.timings.values()) < TIMINGS_NEEDED:
             return False
         fast, exact = (statistics.median(self.timings[name]) for name in ("fast", "exact"))
-        return fast + self.handed_over * exact > exact
+        return fast + self.handed_over * exact > exact * (1 + EXACT_FIRST_SAVING)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         self.calls += 1
