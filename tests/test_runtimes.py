@@ -1,5 +1,4 @@
 """The fast serving runtimes (OpenVINO, ONNX Runtime) give the same answers as the learner's own PyTorch model."""
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -52,6 +51,13 @@ def test_auto_picks_openvino_bf16_where_the_cpu_has_native_bf16(trained_run):
 @pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU has native bf16, where auto picks openvino-bf16")
 def test_auto_picks_openvino_fp32_without_native_bf16(trained_run):
     assert Predictor.load(trained_run).runtime == "openvino"
+
+
+@needs_bf16
+def test_exact_auto_leaves_out_bf16_for_figures_served_fp32_answers_are_compared_with(plain):
+    net = WithFeatures(plain.learn.model).eval()
+    assert make_forward(net, plain.size, n_classes=len(plain.classes))[0] == "openvino-bf16"
+    assert make_forward(net, plain.size, n_classes=len(plain.classes), exact=True)[0] == "openvino"
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnx"])
@@ -143,27 +149,16 @@ def test_guard_goes_exact_first_while_most_photos_need_it_and_back_when_they_don
     assert not guard.exact_first() and calls[-3:] == ["fast"] * 3
 
 
-def _confident_predictor(run, runtime: str) -> Predictor:
-    """The smoke model with its logits scaled up 1000x, so bf16 keeps its answers (the smoke model is never sure)."""
-    from fastai.learner import load_learner
-
-    learn = load_learner(run / "export.pkl", cpu=True)
-    with torch.no_grad():
-        last = [m for m in learn.model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        last.weight *= 1000
-    return Predictor(learn, json.loads((run / "report.json").read_text()), runtime=runtime)
-
-
 @needs_bf16
 def test_bf16_leaves_a_scope_decision_it_could_get_wrong_to_fp32(trained_run, images):
-    fast, exact = _confident_predictor(trained_run, "openvino-bf16"), _confident_predictor(trained_run, "openvino")
-    assert (fast.runtime, exact.runtime) == ("openvino-bf16", "openvino")
-    fast.scope.threshold = -np.inf  # nothing is near the line: every confident photo keeps its bf16 score
-    probabilities, fast_scores = fast.outputs(images)
+    fast, exact = Predictor.load(trained_run, runtime="openvino-bf16"), Predictor.load(trained_run, runtime="openvino")
+    fast._forward.confident = 0.0  # the smoke model is never sure: count every bf16 answer as sure, so bf16 keeps it
+    fast.scope.threshold = -np.inf  # nothing is near the line: every photo keeps its bf16 score
+    fast_scores = fast.outputs(images)[1]
     exact_scores = np.array(exact.outputs(images)[1])
     shift = np.abs(np.array(fast_scores) - exact_scores)
     # The margin is twice the largest shift bf16 caused on real photos; this tiny model's shifts can be larger.
-    kept = (probabilities.max(1) >= BF16_CONFIDENT) & (shift < BF16_SCOPE_MARGIN)
+    kept = shift < BF16_SCOPE_MARGIN
     worst = int(np.where(kept, shift, 0).argmax())
     assert kept[worst] and shift[worst] > 0  # bf16 kept this photo and moved its score
     # A threshold between the two scores: bf16 alone would decide this photo the other way from fp32.
