@@ -141,3 +141,11 @@ def test_evaluate_reports_the_share_of_out_of_scope_photos_rejected(runner, trai
     report = json.loads(result.output)
     assert report["out_of_scope"]["drawn"]["n"] == 8 and report["out_of_scope"]["drawn"]["rejected"] > 0
     assert report["out_of_scope"]["drawn"]["auroc"] > 0.8
+
+
+def test_the_served_model_rejects_the_validation_share_the_report_states(runner, trained_run, demo_data):
+    # The threshold is drawn from fp32 scores and serving decides near it in fp32, so the two shares agree exactly.
+    result = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(demo_data), "--valid-only",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["scope"]["rejected"] == read_report(trained_run)["scope"]["valid_rejected"]

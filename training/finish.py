@@ -54,9 +54,12 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     progress = (lambda it: tqdm(it, desc="Scope features", leave=False)) if run.progress else None
     n_classes = len(run.scan.classes)
     # One pass gives the model's features and the ImageNet check's logits: [logits | features | ImageNet logits].
-    forward = feature_forward(learn.model, last.size, n_classes, run.device, check=ImageNetCheck(spec.mean, spec.std))
+    # The threshold is drawn from the validation photos' scores, and serving decides every photo near it in fp32,
+    # so those scores are fp32 too; bf16 is close enough for fitting the class means and covariance.
+    check = ImageNetCheck(spec.mean, spec.std)
     features, imagenet = {}, {}
     for name, dataset in (("train", learn.dls.train_ds), ("valid", learn.dls.valid_ds)):
+        forward = feature_forward(learn.model, last.size, n_classes, run.device, check=check, exact=name == "valid")
         paths = [str(p) for p in dataset.items]
         _, both = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, progress)
         features[name], imagenet[name] = both[:, :-IMAGENET_CLASSES], both[:, -IMAGENET_CLASSES:]

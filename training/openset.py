@@ -182,10 +182,10 @@ def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_featur
     return detector
 
 
-def feature_forward(model: nn.Module, size: int, n_classes: int, device=None, check: ImageNetCheck | None = None):
+def feature_forward(model: nn.Module, size: int, n_classes: int, device=None, check: ImageNetCheck | None = None,
+                    exact: bool = False):
     """The forward that gives [logits | features] (then the check's ImageNet logits, if given): the serving runtime
-    on a CPU (OpenVINO: many times faster than PyTorch there, and the same numbers serving will compare against),
-    PyTorch on a GPU."""
+    on a CPU (OpenVINO: many times faster than PyTorch there; fp32 only if `exact`), PyTorch on a GPU."""
     from .runtimes import make_forward, torch_forward
 
     net = WithFeatures(model, *([check] if check is not None else [])).eval()
@@ -195,7 +195,7 @@ def feature_forward(model: nn.Module, size: int, n_classes: int, device=None, ch
     if device.type != "cpu":
         forward = torch_forward(net)
         return lambda batch: forward(batch.to(device)).cpu()
-    return make_forward(net, size, "auto", n_classes=n_classes)[1]
+    return make_forward(net, size, "auto", n_classes=n_classes, exact=exact)[1]
 
 
 def image_features(forward, paths, size: int, mean, std, n_classes: int, progress=None) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "openvino-bf16", "openvino", "onnx", "torch")
 # Fastest first, as measured on this project's CPU (bench/RESULTS.md); `auto` takes the first that works and agrees.
 FAST_RUNTIMES = ("openvino-bf16", "openvino", "onnx")
+EXACT_RUNTIMES = ("openvino", "onnx")  # fp32: the numbers serving's fp32 answers will be
 # An fp32 runtime's softmax may differ from PyTorch's on the same input by float rounding only.
 MAX_PROBABILITY_DIFFERENCE = 1e-3
 # A bf16 answer is kept only when its top probability is at least this, i.e. every other logit is 4.6 or more below
@@ -217,11 +218,12 @@ def probability_tolerance(runtime: str) -> float:
 
 
 def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto", n_classes: int | None = None,
-                 close_call: CloseCall | None = None) -> tuple[str, Forward]:
+                 close_call: CloseCall | None = None, exact: bool = False) -> tuple[str, Forward]:
     """The fastest forward that agrees with PyTorch (OpenVINO bf16/fp32, ONNX Runtime, PyTorch); returns (name, fn).
 
     `n_classes`: the model's output starts with that many logits, followed by other columns (features).
     `close_call`: rows a bf16 runtime must recompute in fp32 besides the unconfident ones (see `guarded_forward`).
+    `exact`: with `auto`, fp32 runtimes only, for numbers that served fp32 answers are compared against.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
@@ -236,7 +238,7 @@ def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto", n_cla
             raise RuntimeUnavailable(f"{runtime} cannot run this model, the ONNX export failed: {reason}") from exc
         log.warning("serving with PyTorch: the ONNX export failed (%s: %s)", exc.__class__.__name__, reason)
         return "torch", reference
-    for name in FAST_RUNTIMES if runtime == "auto" else (runtime,):
+    for name in (EXACT_RUNTIMES if exact else FAST_RUNTIMES) if runtime == "auto" else (runtime,):
         try:
             candidate = build_runtime(name, graph, torch.get_num_threads(), n_classes, close_call)
             difference = agreement(reference, candidate, size, n_classes=n_classes)
