@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "openvino-bf16", "openvino", "onnx", "torch")
 # Fastest first, as measured on this project's CPU (bench/RESULTS.md); `auto` takes the first that works and agrees.
 FAST_RUNTIMES = ("openvino-bf16", "openvino", "onnx")
-EXACT_RUNTIMES = ("openvino", "onnx")  # fp32: the numbers serving's fp32 answers will be
+EXACT_RUNTIMES = ("openvino", "onnx")  # fp32 only: the numbers the served fp32 recomputes give
 # An fp32 runtime's softmax may differ from PyTorch's on the same input by float rounding only.
 MAX_PROBABILITY_DIFFERENCE = 1e-3
 # A bf16 answer is kept only when its top probability is at least this, i.e. every other logit is 4.6 or more below
@@ -29,8 +29,8 @@ MAX_PROBABILITY_DIFFERENCE = 1e-3
 BF16_CONFIDENT = 0.99
 # What bf16 may still move a shown probability by on a confident prediction (bounded by the margin above).
 BF16_MAX_PROBABILITY_DIFFERENCE = 0.1
-# A confident bf16 answer is still recomputed when its scope score is this close to the detector's threshold: twice
-# the largest shift bf16 caused in the score of a photo it kept (docs/experiments.md, "bf16 serving").
+# A confident bf16 answer is still recomputed when its scope score is this close to the detector's threshold; bf16
+# moved a kept photo's score further than this once in about 2,300 (docs/experiments.md, "bf16 serving").
 BF16_SCOPE_MARGIN = 1.0
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
