@@ -37,10 +37,11 @@ def test_cpu_recipe_adapts_the_whole_body_small_then_the_later_blocks_large():
     assert [s.size for s in larger] == sorted(s.size for s in larger) and larger[0].size > whole.size
 
 
-def test_cpu_recipe_teaches_close_ups_and_turned_photos_in_every_stage():
+def test_cpu_recipe_teaches_close_ups_and_turned_and_zoomed_photos_in_every_stage():
     stages = load_recipe("cpu").stages
-    assert all(stage.close_ups == 0.3 and stage.max_rotate == 30 for stage in stages)
-    assert load_recipe("smoke").stages[0].close_ups == 0 and load_recipe("smoke").stages[0].max_rotate == 10
+    assert all(stage.close_ups == 0.3 and stage.max_rotate == 30 and stage.max_zoom == 1.7 for stage in stages)
+    smoke = load_recipe("smoke").stages[0]
+    assert (smoke.close_ups, smoke.max_rotate, smoke.max_zoom) == (0, 10, 1.15)
 
 
 def test_cpu_recipe_fits_its_last_stage_into_the_hour():
@@ -81,6 +82,7 @@ def test_lr_find_is_accepted():
     (f"[[stages]]\n{GOOD_STAGE.replace('true', 'false')}frozen_groups = 2\n", "frozen_groups"),
     (f"[[stages]]\n{GOOD_STAGE}close_ups = 1.5\n", "close_ups"),
     (f"[[stages]]\n{GOOD_STAGE}max_rotate = -5\n", "max_rotate"),
+    (f"[[stages]]\n{GOOD_STAGE}max_zoom = 0.5\n", "max_zoom"),
     (f"[[stages]]\n{GOOD_STAGE}train_bn = 'no'\n", "train_bn"),
     (f"valid_pct = 2\n[[stages]]\n{GOOD_STAGE}", "valid_pct"),
     (f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [3, 2]')}", "low <= high"),
