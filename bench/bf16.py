@@ -11,51 +11,34 @@ decision-aware guard at a few margins (top-1 logit gap, distance to the "not sur
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.int8 import decisions
+from bench.int8 import decisions, one_thread, outputs_per_request, photo_sets
 from training.graphs import onnx_bytes
-from training.imaging import open_image, to_batch
 from training.inference import Predictor
-from training.openset import ImageNetCheck, ImageNetProfile, WithFeatures
-from training.predict_files import expand_paths
-from training.runfiles import SPLIT
 from training.runtimes import BF16_CONFIDENT, BF16_SCOPE_MARGIN
 
 # (top-1 logit gap, distance to the "not sure" line, distance to the scope threshold) a decision-aware guard needs
 DECISION_MARGINS = ((4.6, 0.1, 2.0), (3.0, 0.06, 1.0), (2.0, 0.05, 0.6))
 
 
-def served_outputs(predictor: Predictor, paths: list[Path]) -> dict[str, np.ndarray]:
-    """The served graph's output rows for `paths` in fp32 and in bf16."""
+def fp32_and_bf16(predictor: Predictor) -> dict:
+    """Infer requests for the served graph in fp32 and in bf16, one thread each."""
     import openvino
 
-    served = WithFeatures(predictor.model, ImageNetProfile(ImageNetCheck(predictor.mean, predictor.std),
-                                                            predictor.scope.profile_weights)).eval()
     core = openvino.Core()
-    model = core.read_model(onnx_bytes(served, predictor.size))
-    requests = {precision: core.compile_model(model, "CPU", {
-        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
-        "ENABLE_CPU_PINNING": False}).create_infer_request() for precision in ("f32", "bf16")}
-    rows = {precision: [] for precision in requests}
-    for path in paths:
-        batch = to_batch([open_image(path)], predictor.size, predictor.mean, predictor.std).numpy()
-        for precision, request in requests.items():
-            request.infer({0: batch})
-            rows[precision].append(request.get_output_tensor(0).data.copy()[0])
-    return {precision: np.stack(found) for precision, found in rows.items()}
+    model = core.read_model(onnx_bytes(predictor.served, predictor.size))
+    return {precision: one_thread(core, model, precision).create_infer_request() for precision in ("f32", "bf16")}
 
 
 def report_set(predictor: Predictor, name: str, outputs: dict[str, np.ndarray]) -> None:
     """Print one set's shifts, bf16's own agreement and what each guard keeps."""
     n, threshold, line = len(predictor.classes), predictor.scope.threshold, predictor.unsure_below
     exact, fast = decisions(predictor, outputs["f32"]), decisions(predictor, outputs["bf16"])
-    exact_scores = predictor.scope.scores(outputs["f32"][:, n:-1], outputs["f32"][:, -1])
-    fast_scores = predictor.scope.scores(outputs["bf16"][:, n:-1], outputs["bf16"][:, -1])
+    exact_scores, fast_scores = (predictor.scope_scores(outputs[precision][:, n:]) for precision in ("f32", "bf16"))
     shift = outputs["f32"][:, :n] - outputs["bf16"][:, :n]
     gap_shift, score_shift = shift.max(1) - shift.min(1), np.abs(exact_scores - fast_scores)
     changed = (exact[0] != fast[0]) | (exact[1] != fast[1]) | (exact[2] != fast[2])
@@ -85,12 +68,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     predictor = Predictor.load(args.run, runtime="torch")
-    items = json.loads((args.run / SPLIT).read_text())["items"]
-    sets = {"valid": [args.data / item["path"] for item in items if item["is_valid"]]}
-    sets.update({group.name: expand_paths([group]) for group in sorted(args.ood.iterdir()) if group.is_dir()})
+    requests = fp32_and_bf16(predictor)
     print(f"'not sure' below {predictor.unsure_below}, scope threshold {predictor.scope.threshold:.3f}", flush=True)
-    for name, paths in sets.items():
-        report_set(predictor, name, served_outputs(predictor, paths))
+    for name, paths in photo_sets(args.run, args.data, args.ood).items():
+        report_set(predictor, name, outputs_per_request(predictor, requests, paths))
 
 
 if __name__ == "__main__":

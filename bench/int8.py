@@ -20,7 +20,6 @@ import torch
 from training.graphs import onnx_bytes
 from training.imaging import open_image, to_batch
 from training.inference import Predictor
-from training.openset import ImageNetCheck, ImageNetProfile, WithFeatures
 from training.predict_files import expand_paths
 from training.runfiles import SPLIT
 
@@ -30,27 +29,47 @@ def compile_all(predictor: Predictor, calibration: list[Path]) -> dict:
     import nncf
     import openvino
 
-    served = WithFeatures(predictor.model, ImageNetProfile(ImageNetCheck(predictor.mean, predictor.std),
-                                                            predictor.scope.profile_weights)).eval()
     core = openvino.Core()
-    model = core.read_model(onnx_bytes(served, predictor.size))
+    model = core.read_model(onnx_bytes(predictor.served, predictor.size))
     batches = [to_batch([open_image(p)], predictor.size, predictor.mean, predictor.std).numpy() for p in calibration]
     started = time.perf_counter()
     quantised = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     print(f"quantised in {time.perf_counter() - started:.0f} s", flush=True)
 
-    def compile_as(graph, precision):
-        return core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 1,
-                                                 "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
+    return {"fp32": one_thread(core, model, "f32"), "bf16": one_thread(core, model, "bf16"),
+            "int8": one_thread(core, quantised, "f32")}
 
-    return {"fp32": compile_as(model, "f32"), "bf16": compile_as(model, "bf16"), "int8": compile_as(quantised, "f32")}
+
+def one_thread(core, graph, precision: str):
+    """`graph` compiled for the CPU in `precision` with one thread, as the benchmarks compare runtimes."""
+    return core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 1,
+                                             "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
+
+
+def photo_sets(run: Path, data: Path, ood: Path) -> dict[str, list[Path]]:
+    """The run's validation photos, then each sub-folder of `ood`."""
+    items = json.loads((run / SPLIT).read_text())["items"]
+    sets = {"valid": [data / item["path"] for item in items if item["is_valid"]]}
+    sets.update({group.name: expand_paths([group]) for group in sorted(ood.iterdir()) if group.is_dir()})
+    return sets
+
+
+def outputs_per_request(predictor: Predictor, requests: dict, paths: list[Path]) -> dict[str, np.ndarray]:
+    """Each infer request's output rows for `paths`, one photo a call."""
+    rows = {name: [] for name in requests}
+    for path in paths:
+        batch = to_batch([open_image(path)], predictor.size, predictor.mean, predictor.std).numpy()
+        for name, request in requests.items():
+            request.infer({0: batch})
+            rows[name].append(request.get_output_tensor(0).data.copy()[0])
+    return {name: np.stack(found) for name, found in rows.items()}
 
 
 def decisions(predictor: Predictor, output: np.ndarray):
     """Top-1, "not sure", in scope and the probabilities, from the served graph's output rows."""
     n = len(predictor.classes)
     probabilities = torch.softmax(torch.from_numpy(output[:, :n]), dim=1).numpy()
-    in_scope = predictor.scope.in_scope(predictor.scope.scores(output[:, n:-1], output[:, -1]))
+    in_scope = predictor.scope.in_scope(predictor.scope_scores(output[:, n:]))
     return probabilities.argmax(1), probabilities.max(1) < predictor.unsure_below, in_scope, probabilities
 
 
@@ -65,10 +84,9 @@ def main() -> None:
     predictor = Predictor.load(args.run, runtime="torch")
     items = json.loads((args.run / SPLIT).read_text())["items"]
     train = [args.data / item["path"] for item in items if not item["is_valid"]]
+    sets = photo_sets(args.run, args.data, args.ood)
     pick = np.random.default_rng(0).choice(len(train), min(args.calibration, len(train)), replace=False)
     compiled = compile_all(predictor, [train[i] for i in pick])
-    sets = {"valid": [args.data / item["path"] for item in items if item["is_valid"]]}
-    sets.update({group.name: expand_paths([group]) for group in sorted(args.ood.iterdir()) if group.is_dir()})
 
     requests = {name: graph.create_infer_request() for name, graph in compiled.items()}
     probe = to_batch([open_image(sets["valid"][0])], predictor.size, predictor.mean, predictor.std).numpy()
@@ -80,15 +98,10 @@ def main() -> None:
             request.infer({0: probe})
         print(f"{name}: {(time.perf_counter() - started) / 40 * 1000:.1f} ms a photo", flush=True)
     for set_name, paths in sets.items():
-        outputs = {name: [] for name in requests}
-        for path in paths:
-            batch = to_batch([open_image(path)], predictor.size, predictor.mean, predictor.std).numpy()
-            for name, request in requests.items():
-                request.infer({0: batch})
-                outputs[name].append(request.get_output_tensor(0).data.copy()[0])
-        reference = decisions(predictor, np.stack(outputs["fp32"]))
+        outputs = outputs_per_request(predictor, requests, paths)
+        reference = decisions(predictor, outputs["fp32"])
         for name in ("int8", "bf16"):
-            other = decisions(predictor, np.stack(outputs[name]))
+            other = decisions(predictor, outputs[name])
             print(f"{set_name} ({len(paths)}), {name} against fp32: top-1 same {np.mean(reference[0] == other[0]):.2%}, "
                   f"'not sure' same {np.mean(reference[1] == other[1]):.2%}, in scope same "
                   f"{np.mean(reference[2] == other[2]):.2%}, largest probability change "

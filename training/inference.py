@@ -75,13 +75,13 @@ class Predictor:
         self.meta = meta
         self.scope = ScopeDetector.from_meta(meta.get("scope"))
         # With a detector, one forward gives the logits and what it needs: [logits | features (| ImageNet profile)].
-        served = self.model
+        self.served = self.model  # the module the runtime runs
         if self.scope is not None:
             extra = [] if self.scope.profile_weights is None else [
                 ImageNetProfile(ImageNetCheck(self.mean, self.std), self.scope.profile_weights)]
-            served = WithFeatures(self.model, *extra).eval()
+            self.served = WithFeatures(self.model, *extra).eval()
         close_call = None if self.scope is None else self._near_scope_threshold
-        self.runtime, self._forward = make_forward(served, self.size, runtime, n_classes=len(self.classes),
+        self.runtime, self._forward = make_forward(self.served, self.size, runtime, n_classes=len(self.classes),
                                                    close_call=close_call)
         # fastai's Learner is not thread-safe, but a module in eval mode is; the lock only guards CAM's autograd use.
         self._cam_lock = threading.Lock()
@@ -161,9 +161,9 @@ class Predictor:
             features = ((output[: len(batch), n:] + output[len(batch):, n:]) / 2).numpy()
         if self.scope is None:
             return probabilities, [None] * len(batch)
-        return probabilities, list(self._scope_scores(features))
+        return probabilities, list(self.scope_scores(features))
 
-    def _scope_scores(self, columns: np.ndarray) -> np.ndarray:
+    def scope_scores(self, columns: np.ndarray) -> np.ndarray:
         """Scope scores from the served output's columns after the logits: [features (| ImageNet profile)]."""
         if self.scope.profile_weights is None:
             return self.scope.scores(columns)
@@ -171,7 +171,7 @@ class Predictor:
 
     def _near_scope_threshold(self, output: torch.Tensor) -> torch.Tensor:
         """Rows of a bf16 output whose scope score is within bf16's error of the threshold (fp32 decides those)."""
-        scores = self._scope_scores(output[:, len(self.classes):].numpy())
+        scores = self.scope_scores(output[:, len(self.classes):].numpy())
         return torch.from_numpy(np.abs(scores - self.scope.threshold) < BF16_SCOPE_MARGIN)
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
