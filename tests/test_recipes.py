@@ -1,7 +1,14 @@
 """Recipes are data: the shipped ones parse, the blog's is exact, bad files say what is wrong."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from training.recipes import RecipeError, available_recipes, load_recipe, parse_recipe
+from training.stage import stage_dataloaders
 
 GOOD_STAGE = 'backbone = "efficientnet_lite0"\nfrozen = true\nepochs = 1\nlr = 1e-3\n'
 FIND_STAGE = GOOD_STAGE.replace("lr = 1e-3", 'lr = "find"')
@@ -41,7 +48,7 @@ def test_cpu_recipe_teaches_close_ups_and_turned_and_zoomed_photos_in_every_stag
     stages = load_recipe("cpu").stages
     assert all(stage.close_ups == 0.3 and stage.max_rotate == 30 and stage.max_zoom == 1.7 for stage in stages)
     smoke = load_recipe("smoke").stages[0]
-    assert (smoke.close_ups, smoke.max_rotate, smoke.max_zoom) == (0, 10, 1.15)
+    assert (smoke.close_ups, smoke.max_rotate, smoke.max_zoom, smoke.max_warp) == (0, 10, 1.15, 0.1)
 
 
 def test_cpu_recipe_fits_its_last_stage_into_the_hour():
@@ -83,6 +90,7 @@ def test_lr_find_is_accepted():
     (f"[[stages]]\n{GOOD_STAGE}close_ups = 1.5\n", "close_ups"),
     (f"[[stages]]\n{GOOD_STAGE}max_rotate = -5\n", "max_rotate"),
     (f"[[stages]]\n{GOOD_STAGE}max_zoom = 0.5\n", "max_zoom"),
+    (f"[[stages]]\n{GOOD_STAGE}max_warp = 1.5\n", "max_warp"),
     (f"[[stages]]\n{GOOD_STAGE}train_bn = 'no'\n", "train_bn"),
     (f"valid_pct = 2\n[[stages]]\n{GOOD_STAGE}", "valid_pct"),
     (f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [3, 2]')}", "low <= high"),
@@ -99,3 +107,15 @@ def test_bad_recipes_say_what_is_wrong(text, message):
 def test_unknown_recipe_name_lists_the_shipped_ones():
     with pytest.raises(RecipeError, match="smoke"):
         load_recipe("turbo")
+
+
+def test_a_stages_turn_zoom_and_warp_reach_fastais_transforms(demo_data):
+    stage = parse_recipe(f"[[stages]]\n{GOOD_STAGE}max_rotate = 25\nmax_zoom = 1.6\nmax_warp = 0.35\n", "t").stages[0]
+    frame = pd.DataFrame({"path": [str(p) for p in sorted(demo_data.rglob("*.jpg"))]})
+    frame["is_valid"] = np.arange(len(frame)) % 4 == 0
+    run = SimpleNamespace(frame=frame, scan=SimpleNamespace(classes=sorted({Path(p).parent.name for p in frame["path"]})),
+                          recipe=SimpleNamespace(seed=0), device=torch.device("cpu"))
+    affine = next(tfm for tfm in stage_dataloaders(run, stage).after_batch if getattr(tfm, "coord_fs", None))
+    assert affine.coord_fs[0].magnitude == 0.35
+    drawn = {fn.func.__name__: fn.keywords for fn in affine.aff_fs}
+    assert drawn["rotate_mat"]["max_deg"] == 25 and drawn["zoom_mat"]["max_zoom"] == 1.6

@@ -7,7 +7,7 @@ import pytest
 from fastai.vision.core import PILImage
 from PIL import Image, ImageDraw
 
-from training.views import VIEWS, CloseUp, foreground, guitar_axis, view_crops
+from training.views import VIEWS, CloseUp, angled, foreground, guitar_axis, view_crops
 
 RED, BLUE = (200, 20, 20), (20, 20, 200)
 
@@ -51,7 +51,22 @@ def test_the_part_views_show_the_part_they_are_named_for():
 def test_a_photo_not_on_white_gets_no_part_views_but_the_rest():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 200, (120, 160, 3), dtype=np.uint8))
     assert not foreground(noise)[1]
-    assert list(view_crops(noise, 1)) == ["full", "rotated", "off-centre"]
+    assert list(view_crops(noise, 1)) == ["full", "rotated", "angled", "off-centre"]
+
+
+@pytest.mark.parametrize("far_right", [True, False])
+def test_an_angled_view_is_narrower_with_its_far_side_shorter(far_right):
+    img = Image.new("RGB", (200, 100), BLUE)
+    view = np.asarray(angled(img, far_right)).astype(int)
+    assert view.shape == (100, 200, 3)
+
+    def is_blue(x, y):
+        return np.abs(view[y, x] - BLUE).sum() < 60
+
+    near, far = (30, 168) if far_right else (168, 30)  # just inside the left and right edges of the narrowed photo
+    assert is_blue(near, 1) and is_blue(near, 98)  # the near side keeps its height
+    assert not is_blue(far, 5) and not is_blue(far, 94) and is_blue(far, 50)  # the far side is shorter, centred
+    assert not is_blue(2, 50) and not is_blue(197, 50)  # and the whole is narrower, on white
 
 
 def test_close_ups_are_for_training_only_and_stay_on_the_guitar():
@@ -75,9 +90,13 @@ def test_evaluate_scores_each_view_of_the_validation_photos(runner, trained_run,
     assert scores["n"] == len(valid) < 42
     assert scores["views"]["full"]["n"] == len(valid)
     assert scores["views"]["full"]["accuracy"] == pytest.approx(scores["accuracy"], abs=1e-4)
-    assert set(scores["views"]) <= set(VIEWS) and {"rotated", "off-centre"} <= set(scores["views"])
+    settings = {"full on white", "full in a setting"}
+    assert set(scores["views"]) - settings <= set(VIEWS) and {"rotated", "angled", "off-centre"} <= set(scores["views"])
+    assert sum(scores["views"][name]["n"] for name in settings & set(scores["views"])) == len(valid)
     for row in scores["views"].values():
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["unsure"] <= 1 and 0 <= row["out_of_scope"] <= 1
+        matrix = np.array(row["confusion_matrix"])
+        assert matrix.sum() == row["n"] and np.trace(matrix) == pytest.approx(row["accuracy"] * row["n"], abs=0.5)
 
     summary = runner.invoke(args=["evaluate", "--model", str(trained_run), "--data", str(demo_data), "--views"])
     assert "off-centre" in summary.output and "sure right" in summary.output

@@ -105,7 +105,8 @@ def evaluate_out_of_scope(predictor: Predictor, ood_dir: str | Path, in_scope_sc
 def evaluate_views(predictor: Predictor, data_dir: str | Path, only: set[str] | None = None, batch_size: int = 32,
                    progress: bool = True) -> dict:
     """For each view cut from the labelled photos (training.views.VIEWS): how many, the accuracy, the shares shown
-    as "not sure" and as out of scope, and the accuracy of the answers given as sure."""
+    as "not sure" and as out of scope, the accuracy of the answers given as sure and the confusions; the full shots
+    also split into shots on white and photos in a setting."""
     root = Path(data_dir)
     _, files, _ = labelled_images(root)
     known = {name: k for k, name in enumerate(predictor.classes)}
@@ -123,9 +124,13 @@ def evaluate_views(predictor: Predictor, data_dir: str | Path, only: set[str] | 
             images.clear()
             targets.clear()
 
+    on_white = []  # per full shot: whether it is a shot on white (it has part views), else a photo in a setting
     for index, (relpath, label) in enumerate(tqdm(files, desc="Views", disable=not progress)):
         img = _try_open(root / relpath)
-        for view, crop in ({} if img is None else view_crops(img, index)).items():
+        crops = {} if img is None else view_crops(img, index)
+        if crops:
+            on_white.append("headstock" in crops)
+        for view, crop in crops.items():
             pending[view][0].append(crop)
             pending[view][1].append(known[label])
             if len(pending[view][0]) >= batch_size:
@@ -133,9 +138,15 @@ def evaluate_views(predictor: Predictor, data_dir: str | Path, only: set[str] | 
     report = {}
     for view in VIEWS:
         flush(view)
-        if scored[view][0]:
-            report[view] = view_scores(predictor, np.concatenate(scored[view][0]), np.array(scored[view][1]),
-                                       scored[view][2])
+        if not scored[view][0]:
+            continue
+        probabilities, targets = np.concatenate(scored[view][0]), np.array(scored[view][1])
+        report[view] = view_scores(predictor, probabilities, targets, scored[view][2])
+        if view == "full":  # how much of the full-shot accuracy is the easy product shot on white
+            for name, mask in (("full on white", np.array(on_white)), ("full in a setting", ~np.array(on_white))):
+                if mask.any():
+                    report[name] = view_scores(predictor, probabilities[mask], targets[mask],
+                                               list(np.array(scored[view][2], dtype=object)[mask]))
     return report
 
 
@@ -146,9 +157,11 @@ def view_scores(predictor: Predictor, probabilities: np.ndarray, targets: np.nda
     out = (np.zeros(len(targets), bool) if predictor.scope is None
            else ~predictor.scope.in_scope(np.array(scope_scores, dtype=float)))
     sure = ~unsure & ~out
+    confused = classification_metrics(probabilities, targets, predictor.classes, top=5)
     return {"n": int(len(targets)), "accuracy": round(float(right.mean()), 4), "unsure": round(float(unsure.mean()), 4),
             "out_of_scope": round(float(out.mean()), 4),
-            "sure_accuracy": round(float(right[sure].mean()), 4) if sure.any() else None}
+            "sure_accuracy": round(float(right[sure].mean()), 4) if sure.any() else None,
+            "most_confused": confused["most_confused"], "confusion_matrix": confused["confusion_matrix"]}
 
 
 def _try_open(path: Path):
@@ -186,10 +199,10 @@ def evaluation_summary(result: dict) -> str:
         lines.append(f"Out of scope by the model's detector: {result['scope']['rejected']:.1%} of these photos "
                      f"(threshold {result['scope']['threshold']:.4f})")
     if result.get("views"):
-        lines += ["", f"{'view':<12}{'n':>6}{'accuracy':>10}{'not sure':>10}{'out of scope':>14}{'sure right':>12}"]
+        lines += ["", f"{'view':<18}{'n':>6}{'accuracy':>10}{'not sure':>10}{'out of scope':>14}{'sure right':>12}"]
         for view, row in result["views"].items():
             sure = "-" if row["sure_accuracy"] is None else f"{row['sure_accuracy']:.3f}"
-            lines.append(f"{view:<12}{row['n']:>6}{row['accuracy']:>10.3f}{row['unsure']:>10.1%}"
+            lines.append(f"{view:<18}{row['n']:>6}{row['accuracy']:>10.3f}{row['unsure']:>10.1%}"
                          f"{row['out_of_scope']:>14.1%}{sure:>12}")
     for group, row in result.get("out_of_scope", {}).items():
         lines.append(f"  none of the classes, {group}: {row['rejected']:.1%} of {row['n']} rejected, AUROC {row['auroc']:.4f}")

@@ -47,14 +47,15 @@ class LabelOf:
 
 def make_dataloaders(frame: pd.DataFrame, classes: list[str], backbone: str, size: int, bs: int,
                      augment: bool = True, seed: int = 42, device=None, num_workers: int = 0,
-                     close_ups: float = 0.0, max_rotate: float = 10.0, max_zoom: float = 1.15):
+                     close_ups: float = 0.0, max_rotate: float = 10.0, max_zoom: float = 1.15,
+                     max_warp: float = 0.1):
     """DataLoaders from a frame of `path` (DATA/<class>/<file>), `label` and `is_valid` columns at one image size."""
     spec = get_backbone(backbone)
     item_tfms, batch_tfms = [SquarePad(size)], []
     if augment:
         # Product photos: rotation, zoom and lighting; guitars are not symmetric but mirror images
         # of a model are still that model, so flips are kept.
-        batch_tfms += aug_transforms(max_rotate=max_rotate, max_zoom=max_zoom, max_warp=0.1, max_lighting=0.2,
+        batch_tfms += aug_transforms(max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=0.2,
                                      pad_mode="border")
         if close_ups:
             item_tfms.insert(0, CloseUp(close_ups))

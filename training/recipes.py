@@ -30,6 +30,7 @@ class Stage:
     close_ups: float = 0.0   # share of training photos replaced by a close-up of part of the guitar (augment only)
     max_rotate: float = 10.0  # degrees, either way (augment only)
     max_zoom: float = 1.15   # fastai's zoom-in, at a random centre: up to this factor (augment only)
+    max_warp: float = 0.1    # fastai's perspective warp, as a photo taken at an angle (augment only)
     frozen_groups: int = 0   # unfrozen stages: parameter groups, from the input, that stay frozen
     train_bn: bool = True    # fastai's default; False freezes BatchNorm in frozen groups too, so no backward reaches them
 
@@ -76,7 +77,7 @@ STAGE_DEFAULTS = {f.name: f.default for f in fields(Stage) if f.default is not M
 RECIPE_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
 
 _STAGE_KEYS = {"name", "backbone", "size", "bs", "frozen", "epochs", "lr", "label_smoothing", "augment",
-               "close_ups", "max_rotate", "max_zoom", "frozen_groups", "train_bn"}
+               "close_ups", "max_rotate", "max_zoom", "max_warp", "frozen_groups", "train_bn"}
 _RECIPE_KEYS = {"description", "valid_pct", "seed", "budget_minutes", "stages"}
 
 
@@ -175,6 +176,7 @@ def _parse_stage(raw: dict, index: int, source: str) -> Stage:
         max_rotate=_recipe_number(raw.get("max_rotate", STAGE_DEFAULTS["max_rotate"]), "max_rotate", where, float,
                                   0.0, 180.0),
         max_zoom=_recipe_number(raw.get("max_zoom", STAGE_DEFAULTS["max_zoom"]), "max_zoom", where, float, 1.0, 4.0),
+        max_warp=_recipe_number(raw.get("max_warp", STAGE_DEFAULTS["max_warp"]), "max_warp", where, float, 0.0, 0.9),
         frozen_groups=frozen_groups,
         train_bn=raw.get("train_bn", STAGE_DEFAULTS["train_bn"]),
     )

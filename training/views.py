@@ -17,8 +17,10 @@ MASK_SIDE = 96  # the guitar is found on a copy this small: its outline, not its
 NEAR_WHITE = 235  # a pixel with every channel at least this is background
 MIN_FOREGROUND = 0.01  # less than this share of the photo off-white: no guitar found, the whole photo counts
 MAX_FOREGROUND = 0.6  # more than this off-white: not a shot on white, so the outline is not the guitar's
-VIEWS = ("full", "headstock", "body", "bridge", "rotated", "off-centre")
+VIEWS = ("full", "headstock", "body", "bridge", "rotated", "angled", "off-centre")
 ROTATION_DEGREES = 35  # steeper than training's tilts, as a hand-held photo can be
+ANGLED_FAR_SIDE = 0.6  # an angled shot: the far side is this share of the near side's height...
+ANGLED_WIDTH = 0.75  # ...and the photo this share of its width, as a camera turned about 40 degrees sees it
 OFF_CENTRE_SIDE = 0.6  # an off-centre shot keeps this share of the photo's side, in one corner
 
 
@@ -89,6 +91,30 @@ def part_crops(img: Image.Image, points: np.ndarray) -> dict[str, Image.Image]:
             "bridge": square_crop(img, at(0.18), 0.25 * length)}
 
 
+def perspective_coefficients(corners) -> np.ndarray:
+    """PIL's PERSPECTIVE data that sends the photo's corners (clockwise from top left) to `corners`."""
+    rows, values = [], []
+    for (x, y), (u, v) in zip(corners, [(0, 0), (1, 0), (1, 1), (0, 1)]):  # output -> input, corners as 0..1
+        rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
+        values += [u, v]
+    return np.linalg.solve(np.array(rows, float), np.array(values, float))
+
+
+def angled(img: Image.Image, far_right: bool) -> Image.Image:
+    """The photo as seen by a camera turned to one side: the far side shorter and the whole narrower, on white."""
+    width, height = img.size
+    left, right = width * (1 - ANGLED_WIDTH) / 2, width * (1 + ANGLED_WIDTH) / 2
+    inset = height * (1 - ANGLED_FAR_SIDE) / 2
+    near, far = (0, height), (inset, height - inset)
+    (lt, lb), (rt, rb) = (near, far) if far_right else (far, near)
+    coefficients = perspective_coefficients([(left, lt), (right, rt), (right, rb), (left, lb)])
+    scale = np.diag([1 / width, 1 / height, 1.0])  # the solve works in 0..1 input units; PIL wants pixels
+    matrix = np.linalg.inv(scale) @ np.append(coefficients, 1).reshape(3, 3)
+    matrix /= matrix[2, 2]
+    return img.transform(img.size, Image.PERSPECTIVE, tuple(matrix.ravel()[:8]), Image.BILINEAR,
+                         fillcolor=PAD_COLOUR)
+
+
 def view_crops(img: Image.Image, index: int = 0) -> dict[str, Image.Image]:
     """The photo and fixed views of it (VIEWS; part close-ups only from shots on white); `index` varies side and corner."""
     points, found = foreground(img)
@@ -101,5 +127,6 @@ def view_crops(img: Image.Image, index: int = 0) -> dict[str, Image.Image]:
         **(part_crops(img, points) if found else {}),
         "rotated": img.rotate(ROTATION_DEGREES * (1 if index % 2 else -1), Image.BILINEAR, expand=True,
                               fillcolor=PAD_COLOUR),
+        "angled": angled(img, far_right=index % 2 == 0),
         "off-centre": img.crop(tuple(int(v) for v in (left, top, left + side[0], top + side[1]))),
     }
