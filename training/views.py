@@ -91,13 +91,13 @@ def part_crops(img: Image.Image, points: np.ndarray) -> dict[str, Image.Image]:
             "bridge": square_crop(img, at(0.18), 0.25 * length)}
 
 
-def perspective_coefficients(corners) -> np.ndarray:
-    """PIL's PERSPECTIVE data that sends the photo's corners (clockwise from top left) to `corners`."""
+def perspective_data(size: tuple[int, int], corners) -> tuple[float, ...]:
+    """PIL's PERSPECTIVE data that puts a photo of `size`'s corners (clockwise from top left) at `corners`."""
     rows, values = [], []
-    for (x, y), (u, v) in zip(corners, [(0, 0), (1, 0), (1, 1), (0, 1)]):  # output -> input, corners as 0..1
+    for (x, y), (u, v) in zip(corners, [(0, 0), (size[0], 0), size, (0, size[1])]):  # output -> input pixel
         rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
         values += [u, v]
-    return np.linalg.solve(np.array(rows, float), np.array(values, float))
+    return tuple(np.linalg.solve(np.array(rows, float), np.array(values, float)))
 
 
 def angled(img: Image.Image, far_right: bool) -> Image.Image:
@@ -106,12 +106,9 @@ def angled(img: Image.Image, far_right: bool) -> Image.Image:
     left, right = width * (1 - ANGLED_WIDTH) / 2, width * (1 + ANGLED_WIDTH) / 2
     inset = height * (1 - ANGLED_FAR_SIDE) / 2
     near, far = (0, height), (inset, height - inset)
-    (lt, lb), (rt, rb) = (near, far) if far_right else (far, near)
-    coefficients = perspective_coefficients([(left, lt), (right, rt), (right, rb), (left, lb)])
-    scale = np.diag([1 / width, 1 / height, 1.0])  # the solve works in 0..1 input units; PIL wants pixels
-    matrix = np.linalg.inv(scale) @ np.append(coefficients, 1).reshape(3, 3)
-    matrix /= matrix[2, 2]
-    return img.transform(img.size, Image.PERSPECTIVE, tuple(matrix.ravel()[:8]), Image.BILINEAR,
+    (left_top, left_bottom), (right_top, right_bottom) = (near, far) if far_right else (far, near)
+    corners = [(left, left_top), (right, right_top), (right, right_bottom), (left, left_bottom)]
+    return img.transform(img.size, Image.PERSPECTIVE, perspective_data(img.size, corners), Image.BILINEAR,
                          fillcolor=PAD_COLOUR)
 
 
