@@ -142,7 +142,7 @@ def evaluate_views(predictor: Predictor, data_dir: str | Path, only: set[str] | 
             continue
         probabilities, targets = np.concatenate(scored[view][0]), np.array(scored[view][1])
         report[view] = view_scores(predictor, probabilities, targets, scored[view][2])
-        if view == "full":  # how much of the full-shot accuracy is the easy product shot on white
+        if view == "full":  # product shots on white apart from photos in a setting, which are nearer to a phone's
             for name, mask in (("full on white", np.array(on_white)), ("full in a setting", ~np.array(on_white))):
                 if mask.any():
                     report[name] = view_scores(predictor, probabilities[mask], targets[mask],
