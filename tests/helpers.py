@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import requests
 from PIL import Image
@@ -40,6 +42,13 @@ def elastic_recipe(path: Path, budget_minutes: float, fixed_epochs: int, elastic
                     f"[[stages]]\nname = 'fixed'\nepochs = {fixed_epochs}\n{LITE0_STAGE}"
                     f"[[stages]]\nname = 'elastic'\nepochs = {elastic_epochs}\n{elastic_stage}")
     return path
+
+
+def demo_frame(data: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A split frame (`path`, `is_valid`: every fourth photo) over a drawn dataset, and its classes."""
+    frame = pd.DataFrame({"path": [str(p) for p in sorted(data.rglob("*.jpg"))]})
+    frame["is_valid"] = np.arange(len(frame)) % 4 == 0
+    return frame, sorted({Path(p).parent.name for p in frame["path"]})
 
 
 def free_port() -> int:

@@ -1,25 +1,21 @@
 """An elastic last stage gets as many epochs as the budget leaves room for, within its range."""
 import copy
 import time
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import noop
 
+from tests.helpers import demo_frame
 from training.budget import ClockSchedule, EpochProbe, plan_epochs, probe_epoch
 from training.learner import build_learner, make_dataloaders
 from training.stage import EpochTable
 
 
 def test_probe_times_real_batches_and_leaves_the_model_as_it_was(demo_data):
-    frame = pd.DataFrame({"path": [str(p) for p in sorted(demo_data.rglob("*.jpg"))]})
-    frame["is_valid"] = np.arange(len(frame)) % 4 == 0
-    classes = sorted({Path(p).parent.name for p in frame["path"]})
+    frame, classes = demo_frame(demo_data)
     learn = build_learner(make_dataloaders(frame, classes, "efficientnet_lite0", 64, 4), "efficientnet_lite0")
     before = copy.deepcopy(learn.model.state_dict())
 
@@ -86,9 +82,7 @@ class SlowDown(Callback):
 
 
 def clocked_learner(demo_data):
-    frame = pd.DataFrame({"path": [str(p) for p in sorted(demo_data.rglob("*.jpg"))]})
-    frame["is_valid"] = np.arange(len(frame)) % 4 == 0
-    classes = sorted({Path(p).parent.name for p in frame["path"]})
+    frame, classes = demo_frame(demo_data)
     learn = build_learner(make_dataloaders(frame, classes, "efficientnet_lite0", 64, 4), "efficientnet_lite0")
     learn.remove_cbs(ProgressCallback)
     learn.logger = noop

@@ -1,12 +1,10 @@
 """Recipes are data: the shipped ones parse, the blog's is exact, bad files say what is wrong."""
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+from tests.helpers import demo_frame
 from training.recipes import RecipeError, available_recipes, load_recipe, parse_recipe
 from training.stage import stage_dataloaders
 
@@ -111,10 +109,9 @@ def test_unknown_recipe_name_lists_the_shipped_ones():
 
 def test_a_stages_turn_zoom_and_warp_reach_fastais_transforms(demo_data):
     stage = parse_recipe(f"[[stages]]\n{GOOD_STAGE}max_rotate = 25\nmax_zoom = 1.6\nmax_warp = 0.35\n", "t").stages[0]
-    frame = pd.DataFrame({"path": [str(p) for p in sorted(demo_data.rglob("*.jpg"))]})
-    frame["is_valid"] = np.arange(len(frame)) % 4 == 0
-    run = SimpleNamespace(frame=frame, scan=SimpleNamespace(classes=sorted({Path(p).parent.name for p in frame["path"]})),
-                          recipe=SimpleNamespace(seed=0), device=torch.device("cpu"))
+    frame, classes = demo_frame(demo_data)
+    run = SimpleNamespace(frame=frame, scan=SimpleNamespace(classes=classes), recipe=SimpleNamespace(seed=0),
+                          device=torch.device("cpu"))
     affine = next(tfm for tfm in stage_dataloaders(run, stage).after_batch if getattr(tfm, "coord_fs", None))
     assert affine.coord_fs[0].magnitude == 0.35
     drawn = {fn.func.__name__: fn.keywords for fn in affine.aff_fs}

@@ -143,10 +143,10 @@ def evaluate_views(predictor: Predictor, data_dir: str | Path, only: set[str] | 
         probabilities, targets = np.concatenate(scored[view][0]), np.array(scored[view][1])
         report[view] = view_scores(predictor, probabilities, targets, scored[view][2])
         if view == "full":  # product shots on white apart from photos in a setting, which are nearer to a phone's
-            for name, mask in (("full on white", np.array(on_white)), ("full in a setting", ~np.array(on_white))):
+            white, scope = np.array(on_white), np.array(scored[view][2], dtype=object)
+            for name, mask in (("full on white", white), ("full in a setting", ~white)):
                 if mask.any():
-                    report[name] = view_scores(predictor, probabilities[mask], targets[mask],
-                                               list(np.array(scored[view][2], dtype=object)[mask]))
+                    report[name] = view_scores(predictor, probabilities[mask], targets[mask], list(scope[mask]))
     return report
 
 

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "openvino-bf16", "openvino", "onnx", "torch")
 # Fastest first, as measured on this project's CPU (bench/RESULTS.md); `auto` takes the first that works and agrees.
 FAST_RUNTIMES = ("openvino-bf16", "openvino", "onnx")
-EXACT_RUNTIMES = ("openvino", "onnx")  # fp32 only: the numbers the served fp32 recomputes give
+# fp32 only: the numbers the served fp32 recomputes give
+EXACT_RUNTIMES = tuple(name for name in FAST_RUNTIMES if not name.endswith("bf16"))
 # An fp32 runtime's softmax may differ from PyTorch's on the same input by float rounding only.
 MAX_PROBABILITY_DIFFERENCE = 1e-3
 # A bf16 answer is kept only when its top probability is at least this, i.e. every other logit is 4.6 or more below
