@@ -119,6 +119,16 @@ def test_the_review_page_needs_the_token_and_serves_only_queued_photos(review_cl
     assert not (data / "labels.csv").exists()
 
 
+def test_any_token_text_is_a_clean_refusal_and_the_session_never_holds_the_token(review_client):
+    client, _, _ = review_client
+    for token in ("é", "%00", "\u2603" * 40, ""):
+        assert client.get("/review/", query_string={"token": token}).status_code == 403, token
+    assert client.get("/review/", query_string={"token": TOKEN}).status_code == 302
+    with client.session_transaction() as session:
+        assert TOKEN not in repr(dict(session))  # the cookie is only signed: anyone holding it can read it
+    assert client.get("/review/").status_code == 302  # and the digest it holds still lets the browser in
+
+
 def test_the_page_is_not_there_unless_the_operator_turns_it_on(client):
     assert client.get("/review/").status_code == 404
     with pytest.raises(ValueError, match="token"):

@@ -1,6 +1,7 @@
 """The review page: the data owner walks the review queue and keeps, relabels or excludes photos (off by default)."""
 from __future__ import annotations
 
+import hashlib
 import secrets
 from pathlib import Path
 
@@ -28,14 +29,19 @@ def load_queue() -> dict:
         abort(404, f"No review queue yet: run `flask --app wsgi dataset review --data {data_root().name}` first.")
 
 
+def token_digest(token: str) -> str:
+    """A token's SHA-256 (hex): compared as bytes, so any text a client sends is just a mismatch."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 @bp.before_request
 def require_token():
     """Only a browser that has shown the operator's token may see or change anything."""
-    expected = current_app.config["REVIEW_TOKEN"]
+    expected = token_digest(current_app.config["REVIEW_TOKEN"])
     given = request.args.get("token")
-    if given is not None and secrets.compare_digest(given, expected):
-        session[TOKEN_KEY] = expected
-    elif not secrets.compare_digest(session.get(TOKEN_KEY, ""), expected):
+    if given is not None and secrets.compare_digest(token_digest(given), expected):
+        session[TOKEN_KEY] = expected  # the session cookie is signed, not encrypted: it holds a digest, never the token
+    elif not secrets.compare_digest(str(session.get(TOKEN_KEY, "")).encode(), expected.encode()):
         abort(403, "The review page needs the token printed by `flask review`: open the link it printed.")
 
 
