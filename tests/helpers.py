@@ -138,3 +138,16 @@ class PageWatch:
         assert not console, f"console errors on {page.url}: {console}"
         self.failed.clear()
         self.console.clear()
+
+
+class FakeClock:
+    """time.monotonic's stand-in that moves only when told: the test says what each step costs, not the machine."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,11 +1,14 @@
 """The fast serving runtimes (OpenVINO, ONNX Runtime) give the same answers as the learner's own PyTorch model."""
-import time
+import logging
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
+from tests.helpers import FakeClock
+from training import runtimes
 from training.devices import cpu_has_native_bf16
 from training.imaging import open_image
 from training.inference import Predictor
@@ -43,6 +46,14 @@ def images(demo_data):
     return [open_image(p) for p in sorted(demo_data.rglob("*.jpg"))]
 
 
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Make the runtimes believe the CPU does (True) or does not (False) have native bf16; returns the setter."""
+    def set_native(native: bool) -> None:
+        monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: native)
+    return set_native
+
+
 @needs_bf16
 def test_auto_picks_openvino_bf16_where_the_cpu_has_native_bf16(trained_run):
     assert Predictor.load(trained_run).runtime == "openvino-bf16"
@@ -53,8 +64,22 @@ def test_auto_picks_openvino_fp32_without_native_bf16(trained_run):
     assert Predictor.load(trained_run).runtime == "openvino"
 
 
-@needs_bf16
-def test_exact_auto_leaves_out_bf16_for_figures_served_fp32_answers_are_compared_with(plain):
+@pytest.mark.parametrize("native, expected", [(True, "openvino-bf16"), (False, "openvino")])
+def test_auto_takes_bf16_exactly_when_the_cpu_check_says_native(trained_run, native_bf16, native, expected):
+    native_bf16(native)  # either CPU, on any machine (without native bf16, OpenVINO computes the bf16 pass in f32)
+    assert Predictor.load(trained_run).runtime == expected
+
+
+def test_required_bf16_is_refused_on_a_cpu_without_native_bf16(trained_run, native_bf16):
+    from training.inference import ModelLoadError
+
+    native_bf16(False)
+    with pytest.raises(ModelLoadError, match="openvino-bf16 runtime: .*no native bf16, where bf16 would be slower"):
+        Predictor.load(trained_run, runtime="openvino-bf16")
+
+
+def test_exact_auto_leaves_out_bf16_for_figures_served_fp32_answers_are_compared_with(plain, native_bf16):
+    native_bf16(True)
     net = WithFeatures(plain.learn.model).eval()
     assert make_forward(net, plain.size, n_classes=len(plain.classes))[0] == "openvino-bf16"
     assert make_forward(net, plain.size, n_classes=len(plain.classes), exact=True)[0] == "openvino"
@@ -126,23 +151,22 @@ def test_guard_also_recomputes_the_rows_its_close_call_marks():
 
 def test_guard_goes_exact_first_while_most_photos_need_it_and_back_when_they_dont():
     sure, unsure = torch.tensor([[9.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.8, 0.0]])
-    calls = []
+    clock, calls = FakeClock(), []
 
-    def exact(batch):
-        time.sleep(0.010 * len(batch))  # a real cost: fp32 takes about twice bf16's time
-        calls.append("exact")
-        return batch.mean((2, 3))
+    def costing(name: str, seconds_a_row: float):
+        def forward(batch):
+            clock.advance(seconds_a_row * len(batch))
+            calls.append(name)
+            return batch.mean((2, 3))
+        return forward
 
-    def fast(batch):
-        time.sleep(0.005 * len(batch))
-        calls.append("fast")
-        return batch.mean((2, 3))
-
-    guard = GuardedForward(fast, exact)
+    # fp32 takes about twice bf16's time; a fake clock, so a loaded machine cannot reorder the two
+    guard = GuardedForward(costing("fast", 0.005), costing("exact", 0.010), clock=clock)
     as_batch = lambda logits: logits[:, :, None, None].expand(-1, -1, 2, 2).clone()  # noqa: E731
     for _ in range(20):  # hard photos only: after a few, the fast pass is skipped
         torch.testing.assert_close(guard(as_batch(unsure)), unsure)
     assert guard.exact_first() and calls[-3:] == ["exact"] * 3
+    assert statistics.median(guard.timings["fast"]) == pytest.approx(0.005)  # the pass's time, read off the clock
     calls.clear()
     for _ in range(2 * FAST_PROBE_EVERY):  # easy photos again: bf16 first, once the running share has fallen
         guard(as_batch(sure))
@@ -187,15 +211,19 @@ def test_unexportable_model_falls_back_to_torch_or_fails_when_a_runtime_is_requi
         make_forward(NotExportable(), 8, runtime="tensorrt")
 
 
-def test_a_required_runtime_that_cannot_run_is_a_load_error(trained_run, monkeypatch):
-    from training import runtimes
+def test_a_required_runtime_that_cannot_run_is_a_load_error(trained_run, monkeypatch, caplog):
     from training.inference import ModelLoadError
 
-    def broken(graph, threads):
+    def broken(*args, **kwargs):  # each runtime's builder takes its own arguments; this one fails as a missing plugin
         raise RuntimeError("no CPU plugin")
 
     monkeypatch.setitem(runtimes.BUILDERS, "openvino", broken)
     monkeypatch.setitem(runtimes.BUILDERS, "openvino-bf16", broken)
-    with pytest.raises(ModelLoadError, match="openvino runtime: openvino cannot run this model: no CPU plugin"):
-        Predictor.load(trained_run, runtime="openvino")
-    assert Predictor.load(trained_run).runtime == "onnx"  # auto moves on to the next runtime
+    for runtime in ("openvino", "openvino-bf16"):
+        with pytest.raises(ModelLoadError, match=f"{runtime} runtime: {runtime} cannot run this model: no CPU plugin"):
+            Predictor.load(trained_run, runtime=runtime)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=runtimes.__name__):
+        assert Predictor.load(trained_run).runtime == "onnx"  # auto moves on to the next runtime
+    passed_over = [r.getMessage() for r in caplog.records if r.name == runtimes.__name__]
+    assert passed_over == [f"not serving with {name}: RuntimeError: no CPU plugin" for name in ("openvino-bf16", "openvino")]

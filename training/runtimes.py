@@ -135,9 +135,11 @@ class GuardedForward:
     """
 
     def __init__(self, fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT,
-                 n_classes: int | None = None, close_call: CloseCall | None = None):
+                 n_classes: int | None = None, close_call: CloseCall | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.fast, self.exact, self.confident = fast, exact, confident
         self.n_classes, self.close_call = n_classes, close_call
+        self.clock = clock  # seconds; a test passes a fake one to decide the switch without real timings
         self.handed_over = 0.0  # recent share of rows that needed `exact`
         self.timings = {"fast": deque(maxlen=TIMINGS_KEPT), "exact": deque(maxlen=TIMINGS_KEPT)}  # seconds a row
         self.calls = 0
@@ -171,9 +173,9 @@ class GuardedForward:
         return output
 
     def _timed(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        started = time.perf_counter()
+        started = self.clock()
         output = (self.fast if name == "fast" else self.exact)(rows)
-        self.timings[name].append((time.perf_counter() - started) / len(rows))
+        self.timings[name].append((self.clock() - started) / len(rows))
         return output
 
 
