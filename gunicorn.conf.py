@@ -9,8 +9,9 @@ threads = int(os.environ.get("GUITARS_THREADS", 2))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUITARS_TIMEOUT", 60))
 graceful_timeout = 30
-max_requests = int(os.environ.get("GUITARS_MAX_REQUESTS", 0))
-max_requests_jitter = 50
+# Recycled now and then, so memory a worker has kept from past requests goes back; jitter: never all at once.
+max_requests = int(os.environ.get("GUITARS_MAX_REQUESTS", 1000))
+max_requests_jitter = max(1, max_requests // 10)
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUITARS_LOG_LEVEL", "info")
@@ -32,5 +33,9 @@ def post_worker_init(worker):
     holder = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
     if holder is not None:  # another app served with this file (bench/serve.py's baseline) loads its own model
         holder.get()
+        from webapp.service import current_decoders
+
+        with worker.wsgi.app_context():
+            current_decoders()  # the decoder processes start before traffic, as the model does
 # gunicorn's control socket lives at one path per user: several servers on a machine would fight over it; unused here.
 control_socket_disable = True

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile_uploads import ROWS, animated_webp_big_canvas, sixteen_bit
 from webapp import create_app
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -107,3 +108,49 @@ def test_unexpected_errors_are_500_without_a_trace(trained_run):
     assert "secret internals" not in response.get_data(as_text=True)
     assert response.json["error"]["code"] == "internal_error"
     assert not app.debug
+
+
+@pytest.fixture(scope="module")
+def roomy_api(trained_run):
+    """The app with the served upload limit (20 MB), for the hostile files of #27."""
+    return create_app({"TESTING": True, "MODEL_PATH": str(trained_run)}).test_client()
+
+
+def post_files(client, files: list[tuple[str, bytes]]):
+    return client.post("/api/v1/predict", data={"file": [(io.BytesIO(data), name) for name, data in files]})
+
+
+@pytest.mark.parametrize("name, make, status, code", ROWS, ids=[row[0] for row in ROWS])
+def test_each_generated_hostile_file_gets_its_status(roomy_api, reference, name, make, status, code):
+    response = post_files(roomy_api, [(name, make())])
+    assert response.status_code == status, response.json
+    if status != 200:
+        assert response.json["error"]["code"] == code and name in response.json["error"]["message"]
+    photo, answer = reference
+    assert post_files(roomy_api, [("ok.jpg", photo)]).json["results"] == answer
+
+
+def test_the_pixels_of_all_files_in_a_request_are_bounded(roomy_api):
+    big = sixteen_bit("PNG")  # 40 megapixels each: two fit the default 100 million, the third does not
+    response = post_files(roomy_api, [(f"big-{k}.png", big) for k in range(3)])
+    assert response.status_code == 422 and response.json["error"]["code"] == "request_too_large"
+    assert "big-2.png" in response.json["error"]["message"]
+    assert post_files(roomy_api, [(f"big-{k}.png", big) for k in range(2)]).status_code == 200
+
+
+def test_a_decoder_that_needs_too_much_memory_is_refused_and_replaced(trained_run, reference):
+    client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "DECODE_MEMORY_MB": 48}).test_client()
+    for name, data in [("canvas.webp", animated_webp_big_canvas()), ("deep.png", sixteen_bit("PNG"))]:
+        response = post_files(client, [(name, data)])  # 100 MB of RGBA, and 80 MB of 16-bit pixels, to decode
+        assert response.status_code == 422 and response.json["error"]["code"] == "image_too_complex", response.json
+    photo, answer = reference
+    assert post_files(client, [("ok.jpg", photo)]).json["results"] == answer
+
+
+def test_a_decode_past_the_deadline_is_stopped_and_the_next_photo_is_answered(trained_run, reference):
+    client = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "DECODE_SECONDS": 0.3}).test_client()
+    response = post_files(client, [("slow.webp", animated_webp_big_canvas())])  # 1.3 s to decode (AVX-512 bf16 EPYC)
+    assert response.status_code == 422 and response.json["error"]["code"] == "decode_timeout", response.json
+    assert "0.3 s" in response.json["error"]["message"]
+    photo, answer = reference
+    assert post_files(client, [("ok.jpg", photo)]).json["results"] == answer

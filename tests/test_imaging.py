@@ -71,3 +71,20 @@ def test_to_batch_normalises_per_channel_into_contiguous_nchw():
     pixels = np.stack([np.asarray(img, dtype=np.float32) / 255.0 for img in images]).transpose(0, 3, 1, 2)
     expected = (pixels - np.array(mean).reshape(1, 3, 1, 1)) / np.array(std).reshape(1, 3, 1, 1)
     np.testing.assert_allclose(batch.numpy(), expected, atol=1e-5)
+
+
+def test_a_heif_is_decoded_at_its_primary_image_not_its_first():
+    import pillow_heif
+
+    heif = pillow_heif.from_pillow(Image.new("RGB", (64, 48), (255, 0, 0)))
+    heif.add_from_pillow(Image.new("RGB", (32, 24), (0, 0, 255)))
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=90, primary_index=1)
+    img = open_image(buffer.getvalue())
+    assert img.size == (32, 24) and img.getpixel((16, 12))[2] > 200
+
+
+def test_large_photos_decode_to_the_bounded_side_and_16_bit_keeps_its_range():
+    assert open_image(encode(Image.new("RGB", (4000, 3000), (9, 99, 199)), "JPEG")).size == (1024, 768)
+    grey = open_image(encode(Image.new("I;16", (300, 10), 40000), "PNG"))
+    assert grey.getpixel((5, 5)) == (255, 255, 255)

@@ -16,8 +16,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .classnames import class_names, names_for
+from .decoding import ImageError, open_image
 from .fsutil import default_cache_dir, write_json
-from .imaging import ImageError, is_image_file, open_image
+from .imaging import is_image_file
 from .labels import Applied, apply_decisions
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .dataset import DatasetError, labelled_images
-from .imaging import ImageError, open_image
+from .decoding import ImageError, open_image
 from .inference import Predictor
 from .labels import decisions_line
 from .metrics import classification_metrics

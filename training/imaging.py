@@ -1,113 +1,25 @@
-"""The one home of image decoding and preprocessing, shared by training, evaluation and serving."""
+"""Preprocessing shared by training, evaluation and serving: square padding, fastai transforms, batches."""
 from __future__ import annotations
 
-import io
 import os
-import warnings
 
 import numpy as np
 import torch
 from fastai.vision.core import PILImage, Transform
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-try:  # HEIC/HEIF photos from phones
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except ImportError:  # pragma: no cover - optional at import time, pinned in requirements
-    pillow_heif = None
-
-# Larger images are refused before decoding: a small file can declare a huge canvas (decompression bomb).
-MAX_PIXELS = 40_000_000
-# Pillow's own guard stays on at our limit: it also covers images nested in containers, which decode before we look.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-PAD_COLOUR = (255, 255, 255)  # product photos are padded with white, so we pad the same way
-# What phones, cameras and browsers produce; every other parser Pillow has is attack surface nobody asked for.
-# (MPO, the multi-picture JPEG of many phones, opens through the JPEG plugin.)
-Image.init()
-FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF", "BMP", "TIFF") if f in Image.OPEN)
-# Pixel modes those formats decode to; float and exotic modes (scientific TIFF) are refused.
-MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",
-         "I;16N"}
-# Each progressive JPEG scan costs time over every block of the image, whatever its size in bytes: a file repeating
-# a tiny scan thousands of times holds a thread for a minute. Scans x pixels bounds decode time (~1 s here).
-MAX_JPEG_SCAN_PIXELS = 1_000_000_000
-JPEG_SOS = b"\xff\xda"  # start-of-scan marker; entropy-coded data stuffs every 0xFF, so it cannot fake one
-
-
-def allow_pixels(max_pixels: int) -> None:
-    """Raise Pillow's guard for a configured limit above the default (never lowers it)."""
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, int(max_pixels))
-
-
-class ImageError(ValueError):
-    """An upload or file that is not a usable image."""
-
-
-class NotAnImage(ImageError):
-    """The bytes are not an image format we can decode."""
-
-
-class ImageTooLarge(ImageError):
-    """The image declares more pixels than we are willing to decode."""
-
-
-def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode a path, bytes or file object into an upright RGB image (first frame, EXIF applied, alpha on white)."""
-    data = _read_bytes(source)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
-            if img.mode not in MODES:
-                raise NotAnImage(f"{img.format} images with {img.mode!r} pixels are not supported")
-            scans = data.count(JPEG_SOS) if img.format in ("JPEG", "MPO") else 0
-            if scans * width * height > MAX_JPEG_SCAN_PIXELS:
-                raise NotAnImage(f"the JPEG has {scans} scans, far more than any camera writes")
-            img.seek(0)
-            img.load()
-    except (ImageTooLarge, NotAnImage):
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"image declares more pixels than allowed ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise NotAnImage("the file format was not recognised") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise NotAnImage(f"the image data is damaged or truncated ({exc.__class__.__name__})") from exc
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block should not cost the user a prediction
-        pass
-    return to_rgb(img)
-
-
-def _read_bytes(source) -> bytes:
-    """The whole file as bytes, from a path, bytes or a binary file object."""
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source)
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as fh:
-            return fh.read()
-    return source.read()
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode (palette, CMYK, 16-bit, alpha) to 8-bit RGB, flattening transparency onto white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        img = Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        img = img.convert("RGBA")
-        background = Image.new("RGB", img.size, PAD_COLOUR)
-        background.paste(img, mask=img.getchannel("A"))
-        return background
-    return img.convert("RGB") if img.mode != "RGB" else img
+from .decoding import (  # noqa: F401 - decoding's names, re-exported for the modules that preprocess
+    FORMATS,
+    MAX_PIXELS,
+    PAD_COLOUR,
+    ImageError,
+    ImageTooComplex,
+    ImageTooLarge,
+    NotAnImage,
+    allow_pixels,
+    open_image,
+    to_rgb,
+)
 
 
 def square_pad(img: Image.Image, size: int) -> Image.Image:

@@ -8,7 +8,8 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
-from .imaging import open_image, to_batch
+from .decoding import open_image
+from .imaging import to_batch
 
 # Share of in-scope validation photos the threshold keeps; the rest of what scores lower is "not one of my classes".
 DEFAULT_KEEP = 0.95

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .imaging import ImageError, is_image_file, open_image
+from .decoding import ImageError, open_image
+from .imaging import is_image_file
 from .inference import Predictor
 
 BATCH = 16

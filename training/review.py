@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 
 from .backbones import get_backbone
 from .dataset import DatasetScan, duplicate_groups, scan_dataset
+from .decoding import open_image
 from .fsutil import default_cache_dir, write_json
-from .imaging import open_image, to_batch
+from .imaging import to_batch
 from .labels import latest_decisions, read_decisions
 from .openset import FEATURE_BATCH, fit_scope
 

@@ -31,7 +31,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 def init_app(app: Flask) -> None:
     """Attach the model holder, blueprints, error handlers and click commands."""
     from training.cli import COMMANDS
-    from training.imaging import allow_pixels
+    from training.decoding import allow_pixels
 
     from . import api, errors, pages, review, security
     from .model import EXTENSION, ModelHolder

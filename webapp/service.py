@@ -9,8 +9,9 @@ from flask import current_app, g, request
 
 from training.inference import Predictor
 
+from .decoders import DecoderPool, decoder_pool
 from .model import model_holder
-from .uploads import Upload, parse_top_k, read_uploads
+from .uploads import DecodeLimits, Upload, parse_top_k, read_uploads
 
 
 class ModelUnavailable(Exception):
@@ -30,6 +31,19 @@ def current_predictor() -> Predictor:
     if predictor is None:
         raise ModelUnavailable(holder.public_error)
     return predictor
+
+
+def decode_limits() -> DecodeLimits:
+    """The configured bounds on what one request may make the decoders do."""
+    config = current_app.config
+    return DecodeLimits(config["MAX_FILES"], config["MAX_PIXELS"], config["MAX_REQUEST_PIXELS"],
+                        config["DECODE_SECONDS"])
+
+
+def current_decoders() -> DecoderPool:
+    """This worker's decoder processes (started on the first upload)."""
+    config = current_app.config
+    return decoder_pool(config["DECODERS"], config["DECODE_MEMORY_MB"], config["MAX_PIXELS"])
 
 
 def shown_unsure_below(predictor: Predictor) -> float:
@@ -72,8 +86,7 @@ def classify_request() -> tuple[Predictor, list[Upload], list[dict]]:
     predictor = current_predictor()
     top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
     started = time.perf_counter()
-    uploads = read_uploads(request.files.getlist("file"), current_app.config["MAX_FILES"],
-                           current_app.config["MAX_PIXELS"])
+    uploads = read_uploads(request.files.getlist("file"), current_decoders(), decode_limits())
     decoded = time.perf_counter()
     results = classify(predictor, uploads, top_k)
     # Where a request's time went, for the Server-Timing header: operators and bench/serve.py read it.

@@ -6,7 +6,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from training.imaging import MAX_PIXELS
+from training.decoding import MAX_PIXELS
 from training.runtimes import RUNTIMES
 
 MEGABYTE = 1024 * 1024
@@ -69,6 +69,12 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
         "MAX_FILES": _env_number(env, "GUITARS_MAX_FILES", 8),
         "MAX_CONTENT_LENGTH": int(_env_number(env, "GUITARS_MAX_UPLOAD_MB", 20, float) * MEGABYTE),
         "MAX_PIXELS": _env_number(env, "GUITARS_MAX_PIXELS", MAX_PIXELS),
+        "MAX_REQUEST_PIXELS": _env_number(env, "GUITARS_MAX_REQUEST_PIXELS", 100_000_000),
+        # Decoding runs in child processes (webapp/decoders.py): a few per worker, each capped in memory, and all
+        # files of a request within one deadline, well inside nginx's proxy_read_timeout.
+        "DECODERS": _env_number(env, "GUITARS_DECODERS", 2),
+        "DECODE_SECONDS": _env_number(env, "GUITARS_DECODE_SECONDS", 4.0, float),
+        "DECODE_MEMORY_MB": _env_number(env, "GUITARS_DECODE_MEMORY_MB", 1024),
         "UNSURE_BELOW": _env_number(env, "GUITARS_UNSURE_BELOW", 0.0, float) or None,
         "RATE_LIMIT_PER_MINUTE": _env_number(env, "GUITARS_RATE_LIMIT", 0),
         "PROXY_HOPS": _env_number(env, "GUITARS_PROXY_HOPS", 0),
