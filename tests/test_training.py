@@ -1,6 +1,7 @@
 """A real smoke training run: its files, its learner, its report, resume and clear refusals."""
 import csv
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -9,11 +10,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from tests.helpers import SMOKE_CLASSES, elastic_recipe
+from training.demo import draw_guitar
 from training.imaging import open_image, square_pad
 from training.inference import Predictor
+from training.learner import GuitarModel
 from training.mistakes import mistake_rows
 from training.runtimes import probability_tolerance
 
@@ -213,13 +216,51 @@ def test_tampered_model_is_refused(trained_run, tmp_path):
         Predictor.load(run)
 
 
-def test_grad_cam_points_somewhere(trained_run, demo_data):
-    predictor = Predictor.load(trained_run)
-    image = open_image(next((demo_data / "les_paul").glob("*.jpg")))
+class BodyResponse(torch.nn.Module):
+    """A head whose every class scores how strongly the body responds overall: its Grad-CAM is known in advance."""
+
+    def __init__(self, n_classes: int):
+        super().__init__()
+        self.n_classes = n_classes
+
+    def forward(self, features):
+        return features.mean((1, 2, 3))[:, None].expand(-1, self.n_classes)
+
+
+def drawing_on_white(corner: tuple[int, int], size: int = 192) -> tuple[Image.Image, np.ndarray]:
+    """A drawn guitar in one quarter of a white square, and the mask of the guitar's own pixels."""
+    tile = draw_guitar("les_paul", size // 2, random.Random(3))
+    tile_pixels = np.asarray(tile).astype(int)
+    guitar = np.abs(tile_pixels - tile_pixels[0, 0]).sum(axis=2) > 60  # not the drawing's background colour
+    canvas, mask = Image.new("RGB", (size, size), "white"), np.zeros((size, size), bool)
+    canvas.paste(tile, corner)
+    mask[corner[1]:corner[1] + size // 2, corner[0]:corner[0] + size // 2] = guitar
+    return canvas, mask
+
+
+@pytest.mark.parametrize("corner", [(96, 0), (0, 96)])  # off the diagonal: a transposed map would miss
+def test_grad_cam_is_hot_on_the_guitar(trained_run, corner):
+    predictor = Predictor.load(trained_run, runtime="torch")
+    # The smoke model has barely learnt its classes, so what a class attends to is noise; with every class scoring
+    # the body's overall response, Grad-CAM must light up where the drawing is. 192 px: a 6x6 map, not 2x2.
+    predictor.model = GuitarModel(predictor.model.body, BodyResponse(len(predictor.classes)))
+    predictor.size = 192
+    image, guitar = drawing_on_white(corner)
     cam = predictor.grad_cam(image, "les_paul")
-    assert cam.ndim == 2 and 0 <= cam.min() and cam.max() <= 1
+    assert cam.shape == (6, 6) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    assert cam.std() > 0.1  # not flat
+    hot = np.kron(cam >= 0.5, np.ones((32, 32), bool))  # each cell of the map over its 32x32 pixels
+    quarter = np.zeros_like(hot)
+    quarter[corner[1]:corner[1] + 96, corner[0]:corner[0] + 96] = True
+    assert (hot & guitar).sum() > 0.3 * guitar.sum()  # the hot region covers much of the guitar ...
+    assert (hot & quarter).sum() > 0.8 * hot.sum()  # ... and lies mostly in its quarter, not on the white
+
+
+def test_heat_map_overlays_the_cam_at_the_models_size(trained_run, demo_data):
     from webapp.heatmap import heat_map
 
+    predictor = Predictor.load(trained_run)
+    image = open_image(next((demo_data / "les_paul").glob("*.jpg")))
     overlay = heat_map(predictor, image, "les_paul")
     assert overlay.size == (predictor.size, predictor.size)
 
