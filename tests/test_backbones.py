@@ -1,4 +1,6 @@
 """The offline ImageNet weights really are ImageNet weights; missing ResNet weights fail with instructions."""
+import urllib.error
+
 import numpy as np
 import pytest
 import torch
@@ -42,15 +44,20 @@ def test_body_outputs_a_feature_map():
 def test_resnet_without_cached_weights_says_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    try:
+    tried = []
+
+    def offline(url, dst, *args, **kwargs):  # this machine may have internet; the test is about one that has not
+        tried.append(url)
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsUnavailable) as caught:
         get_backbone("resnet34").body(pretrained=True)
-    except WeightsUnavailable as exc:
-        message = str(exc)
-        assert "resnet34-b627a593.pth" in message
-        assert str(tmp_path / "hub" / "checkpoints") in message
-        assert "--no-pretrained" in message
-    else:  # a machine with internet downloaded them: that is the other documented path
-        assert (tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth").exists()
+    message = str(caught.value)
+    assert tried == ["https://download.pytorch.org/models/resnet34-b627a593.pth"]  # the cache was empty, so it tried
+    assert "resnet34-b627a593.pth" in message and "no route to host" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert "efficientnet_lite0" in message and "--no-pretrained" in message
 
 
 def test_unknown_backbone_lists_the_known_ones():
