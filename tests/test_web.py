@@ -1,6 +1,7 @@
 """Every route and error through the Flask test client, with real images and the real smoke model."""
 import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import SMOKE_CLASSES, encode, upload
+from training.devices import cpu_has_native_bf16
 from training.imaging import open_image
 from training.inference import Predictor
 from training.runtimes import probability_tolerance
@@ -85,7 +87,8 @@ def test_api_rejects_bad_top_k(client, demo_data, top_k):
 def test_model_endpoint_and_openapi(client):
     model = client.get("/api/v1/model").json
     assert model["classes"] == sorted(SMOKE_CLASSES) and model["backbone"] == "efficientnet_lite0"
-    assert model["runtime"] in ("openvino-bf16", "openvino")  # which one: tests/test_runtimes.py
+    # bf16 only where the CPU has it natively (auto's choice either way: tests/test_runtimes.py)
+    assert model["runtime"] == ("openvino-bf16" if cpu_has_native_bf16() else "openvino")
     assert len(model["validation"]["confusion_matrix"]) == 3
     spec = client.get("/api/v1/openapi.json").json
     assert "/api/v1/predict" in spec["paths"]
@@ -219,11 +222,11 @@ def test_a_new_model_caught_between_its_two_files_is_loaded_once_both_land(train
     with atomic_path(old / "export.pkl") as tmp:  # the order training writes them: the model, then its report
         shutil.copy(new / "export.pkl", tmp)
     time.sleep(0.01)
-    assert holder.get() is first and "does not match" in holder.error  # mismatched pair refused, old one kept
+    assert settled(holder) is first and "does not match" in holder.error  # mismatched pair refused, old one kept
     with atomic_path(old / "report.json") as tmp:
         tmp.write_text(json.dumps(report))
     time.sleep(0.01)
-    served = holder.get()
+    served = settled(holder)
     assert served is not first and served.sha256 == report["model_sha256"] and served.meta["recipe"] == "retrained"
 
 
@@ -240,9 +243,49 @@ def test_model_file_change_is_picked_up_whole(trained_run, tmp_path, demo_data):
     for name in ("report.json", "confusion_matrix.png", "export.pkl"):
         shutil.copy(trained_run / name, run / name)
     time.sleep(0.01)
-    predictor = holder.get()
+    predictor = settled(holder)
     assert predictor is not None and predictor.classes == sorted(SMOKE_CLASSES)
     assert predictor.predict([open_image(next(demo_data.rglob("*.jpg")))])[0].labels
+
+
+def settled(holder):
+    """The holder's model once a reload that this check starts has finished."""
+    holder.get()
+    holder.wait_for_reload(timeout=120)
+    return holder.get()
+
+
+def test_requests_keep_the_old_model_while_a_new_one_loads(trained_run, tmp_path, monkeypatch):
+    import threading
+
+    from training.inference import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    app = create_app({"TESTING": True, "MODEL_PATH": str(run), "RUNTIME": "torch"})
+    holder = app.extensions[EXTENSION]
+    now = [0.0]
+    holder.clock = lambda: now[0]
+    first = holder.get()
+    loading, release = threading.Event(), threading.Event()
+    real_load = Predictor.load.__func__
+
+    def slow_load(cls, *args, **kwargs):  # the real load, held until the test has seen requests served meanwhile
+        loading.set()
+        release.wait(10)
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "load", classmethod(slow_load))
+    (run / "report.json").touch()
+    os.utime(run / "report.json", ns=(1, 1))  # a new stamp, whatever the file system's clock resolution
+    now[0] += holder.check_every + 1
+    assert holder.get() is first  # the check saw the change and answered at once, with the old model
+    assert loading.wait(10)
+    now[0] += holder.check_every + 1
+    assert holder.get() is first  # while the load runs, requests are served, and no second load starts
+    release.set()
+    holder.wait_for_reload(timeout=120)
+    assert holder.get() is not first and holder.get().sha256 == first.sha256
 
 
 def test_rate_limit_is_off_by_default_and_429_when_set(trained_run, demo_data):
@@ -286,6 +329,18 @@ def test_runtime_setting_is_checked_and_used(trained_run, monkeypatch):
         monkeypatch, trained_run, "GUITARS_RUNTIME", "tensorrt",
         "GUITARS_RUNTIME must be one of auto, openvino-bf16, openvino, onnx, torch", "torch")
     assert client.get("/api/v1/model").json["runtime"] == "torch"
+
+
+def test_required_bf16_on_a_cpu_without_it_leaves_the_app_unready_with_the_reason(trained_run, monkeypatch):
+    from training import runtimes
+
+    monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: False)
+    client = client_after_checking_setting(
+        monkeypatch, trained_run, "GUITARS_RUNTIME", "bf16",
+        "GUITARS_RUNTIME must be one of auto, openvino-bf16, openvino, onnx, torch", "openvino-bf16")
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "no native bf16" in ready.json["reason"]
+    assert post_predict(client, [upload(encode(Image.new("RGB", (64, 64))))]).status_code == 503
 
 
 def test_tta_setting_is_checked_and_used(trained_run, demo_data, monkeypatch):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ EXTENSION = "guitars_model"  # the holder's key in app.extensions; read it throu
 
 
 class ModelHolder:
-    """Loads the configured model lazily; reloads it when `export.pkl` or `report.json` changes."""
+    """Loads the configured model lazily; reloads it, off the request path, when `export.pkl` or `report.json` changes."""
 
     check_every = 2.0
+    clock = staticmethod(time.monotonic)  # injectable: tests step it instead of sleeping
 
     def __init__(self, path: str | Path, runtime: str = "auto", tta: bool = False):
         # The path comes from configuration only; requests can never choose what is unpickled.
@@ -31,6 +33,7 @@ class ModelHolder:
         self._checked = 0.0
         self._attempted = False
         self._lock = threading.Lock()
+        self._loading: threading.Thread | None = None
 
     def _file_stamp(self):
         stamps = []
@@ -60,19 +63,42 @@ class ModelHolder:
             log.info("loaded model %s (sha256 %s, %s, %s runtime)", self.path, predictor.sha256,
                      predictor.meta.get("backbone"), predictor.runtime)
         self._stamp, self._attempted = stamp, True
-        self._checked = time.monotonic()
+        self._checked = self.clock()
+
+    def _reload_in_background(self) -> None:
+        """Load the changed files on a thread of its own, at low priority: requests keep the old model meanwhile."""
+        def run():
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: the nice value is per thread
+            except OSError:
+                pass
+            try:
+                self._load()
+            finally:
+                self._loading = None
+
+        self._loading = threading.Thread(target=run, name="model-reload", daemon=True)
+        self._loading.start()
 
     def get(self) -> Predictor | None:
-        """The current predictor (reloading if the file changed), or None when no model could be loaded."""
-        if not self._attempted or time.monotonic() - self._checked > self.check_every:
+        """The current predictor, or None when no model could be loaded; a changed file is loaded off this path."""
+        if not self._attempted:
             with self._lock:
-                if not self._attempted:
+                if not self._attempted:  # the first load: nothing to serve until it is done
                     self._load()
-                elif time.monotonic() - self._checked > self.check_every:
-                    self._checked = time.monotonic()
+        elif self.clock() - self._checked > self.check_every and self._loading is None:
+            with self._lock:
+                if self.clock() - self._checked > self.check_every and self._loading is None:
+                    self._checked = self.clock()
                     if self._file_stamp() != self._stamp:
-                        self._load()
+                        self._reload_in_background()
         return self._predictor
+
+    def wait_for_reload(self, timeout: float | None = None) -> None:
+        """Block until a reload in progress has finished (for tests and tools)."""
+        loading = self._loading
+        if loading is not None:
+            loading.join(timeout)
 
     @property
     def error(self) -> str | None:
