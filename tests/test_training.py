@@ -336,3 +336,18 @@ def test_train_to_a_log_file_prints_one_line_per_epoch_and_no_torch_warning(logg
     assert "\r" not in output  # no progress-bar redraws when stdout is not a terminal
     assert "FutureWarning" not in output and "torch.jit.script" not in output
     assert "  epoch 1: train_loss" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_trains_bf16_only_where_the_cpu_has_native_bf16(demo_data, tmp_path, monkeypatch, native, expected):
+    from training import devices
+    from training.recipes import load_recipe
+    from training.runner import TrainOptions, prepare_run
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)  # either CPU, on any machine
+    lines = []
+    run = prepare_run(demo_data, load_recipe("smoke"), tmp_path / "run", TrainOptions(device="cpu", progress=False),
+                      lines.append)
+    assert run.precision == expected and f"device cpu, precision {expected}" in lines[-1]
+    assert devices.training_memory_format(run.device, run.precision) == (
+        torch.channels_last if native else torch.contiguous_format)
