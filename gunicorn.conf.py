@@ -37,5 +37,10 @@ def post_worker_init(worker):
 
         with worker.wsgi.app_context():
             current_decoders()  # the decoder processes start before traffic, as the model does
+    headroom_mb = int(os.environ.get("GUITARS_WORKER_MEMORY_MB", 0))
+    if headroom_mb:  # deploy/serve.sh sets it: an allocation past the cap is one request's error, not the machine's
+        from training.decoding import limit_address_space
+
+        limit_address_space(headroom_mb * 1024 * 1024)
 # gunicorn's control socket lives at one path per user: several servers on a machine would fight over it; unused here.
 control_socket_disable = True

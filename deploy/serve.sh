@@ -3,12 +3,14 @@
 #   GUITARS_PUBLIC_BIND (default 0.0.0.0:8080): where nginx listens
 #   GUITARS_BIND (default 127.0.0.1:8000): where gunicorn listens, reached only through nginx
 #   GUITARS_NGINX_DIR (default: a new temporary folder): nginx's rendered config, pid and buffers
+#   GUITARS_WORKER_MEMORY_MB (default 2048): address space each gunicorn worker may add once its model is loaded
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 public="${GUITARS_PUBLIC_BIND:-0.0.0.0:8080}"
 export GUITARS_BIND="${GUITARS_BIND:-127.0.0.1:8000}"
-export GUITARS_PROXY_HOPS=1  # the app takes the client's address from nginx's X-Forwarded-For
+export GUITARS_PROXY_HOPS=1
+export GUITARS_WORKER_MEMORY_MB="${GUITARS_WORKER_MEMORY_MB:-2048}"  # the app takes the client's address from nginx's X-Forwarded-For
 max_body_mb=$(( ${GUITARS_MAX_UPLOAD_MB:-20} + 5 ))
 rundir="${GUITARS_NGINX_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/guitars-nginx.XXXXXX")}"
 mkdir -p "$rundir"

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from tests.helpers import encode
+from tests.hostile_uploads import heif_big_first
 
 OUT = Path(__file__).parent / "data" / "bad"
 
@@ -150,6 +151,7 @@ def corpus() -> dict[str, tuple[bytes, int, str]]:
         "line_20000x1.png": (encode(Image.new("RGB", (20000, 1), (9, 9, 9)), "PNG", optimize=True), *ok),
         "line_1x200000.tif": (encode(Image.new("L", (1, 200000), 9), "TIFF", compression="tiff_deflate"), *ok),
         "jpeg_300_scans.jpg": (many_scan_jpeg(300), *unsupported),
+        "heif_49mp_first_64px_primary.heic": (heif_big_first(), *ok),  # #27 row 1 (12 KB): only the primary is decoded
         "ico_with_12000x12000_png.ico": (container_with_png("ico", big_png), *unsupported),
         "icns_with_12000x12000_png.icns": (container_with_png("icns", big_png), *unsupported),
         **{name: (data, *unsupported) for name, data in other_formats().items()},

@@ -104,3 +104,50 @@ def test_a_forged_forwarded_for_does_not_escape_the_rate_limit(trained_run, tmp_
         server = requests.get(url + "/", timeout=10).headers.get("Server", "")
     assert statuses == [200, 200, 429]  # the app counts nginx's view of the client, not the client's claim
     assert server == "nginx"  # no version on show
+
+
+def gunicorn_workers(private_url: str) -> list[int]:
+    """The workers of the gunicorn serving `private_url` (found by the bind address in the master's environment)."""
+    bind = f"GUITARS_BIND={private_url.removeprefix('http://')}".encode()
+    found = [int(pid) for pid in subprocess.run(["pgrep", "-f", "bin/gunicorn"], capture_output=True,
+                                                     text=True).stdout.split()]
+    parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in found}
+    for master in (pid for pid in found if parents[pid] not in found):  # a worker's parent is a gunicorn too
+        with contextlib.suppress(OSError):
+            if bind in Path(f"/proc/{master}/environ").read_bytes().split(b"\0"):
+                children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+                if children:
+                    return [int(pid) for pid in children]
+    return []
+
+
+def open_slow_uploads(port: int, count: int) -> list[socket.socket]:
+    """`count` connections from this address, each with a whole upload header and a body that has not come yet."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 100000\r\n\r\n--b\r\n")
+        sockets.append(sock)
+    return sockets
+
+
+def test_one_client_gets_its_share_of_connections_and_uploads(trained_run, tmp_path, demo_data):
+    photo = next(demo_data.rglob("*.jpg")).read_bytes()
+    with deployed(trained_run, tmp_path) as (url, private):
+        port = int(url.rsplit(":", 1)[1])
+        held = open_slow_uploads(port, 24)
+        time.sleep(1)
+        refused = 0
+        for sock in held:
+            sock.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                refused += sock.recv(64).startswith(b"HTTP/1.1 429")
+            sock.close()
+        statuses = [requests.post(url + "/api/v1/predict", files={"file": ("p.jpg", photo)}, timeout=30).status_code
+                    for _ in range(40)]
+        limits = [Path(f"/proc/{pid}/limits").read_text() for pid in gunicorn_workers(private)]
+    assert refused == 24 - 16, f"{refused} of 24 held uploads refused; nginx allows 16 per client"
+    assert statuses[:21] == [200] * 21 and 429 in statuses, statuses  # a burst of 20 passes, then 5 a second
+    assert limits and all("Max address space" in text and "unlimited" not in text.split("Max address space")[1]
+                          .splitlines()[0] for text in limits), "deploy/serve.sh must cap each worker's memory"

@@ -283,9 +283,14 @@ def shrink(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize(size, Image.BILINEAR, reducing_gap=3.0)
 
 
-def limit_address_space(extra_bytes: int, max_pixels: int = MAX_PIXELS) -> None:
+def limit_address_space(extra_bytes: int) -> None:
     """Cap this process's address space at what it uses now plus `extra_bytes`: an allocation past it fails."""
-    allow_pixels(max_pixels)
     with open("/proc/self/status") as fh:
         size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (size + extra_bytes, size + extra_bytes))
+
+
+def prepare_decoder(extra_bytes: int, max_pixels: int) -> None:
+    """Set up a decoder process: the operator's pixel limit, then its memory cap."""
+    allow_pixels(max_pixels)
+    limit_address_space(extra_bytes)

@@ -21,14 +21,28 @@ NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo can't be read)."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with native bf16 units (AVX512-BF16 or AMX), where bf16 training and serving pay off."""
     # The CPU's own flags: oneDNN also says yes on plain AVX-512, where it emulates bf16 slowly.
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & NATIVE_BF16_FLAGS)
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)
+
+
+def cpu_class() -> str:
+    """The class every measured figure is reported with: AMX, AVX-512 bf16, AVX2-only, or older."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 bf16"
+    return "AVX2-only" if "avx2" in flags else "no AVX2"
 
 
 def pick_device(name: str) -> torch.device:

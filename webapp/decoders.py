@@ -11,7 +11,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pebble import ProcessExpired, ProcessPool
 from PIL import Image
 
-from training.decoding import ImageTooComplex, decode_to_bytes, limit_address_space
+from training.decoding import ImageTooComplex, decode_to_bytes, prepare_decoder
 
 MEGABYTE = 1024 * 1024
 WARM_UP = b"P5 1 1 255 \x80"  # the smallest image there is: a 1x1 grey PGM (refused as a format, decoded all the same)
@@ -27,7 +27,7 @@ class DecoderPool:
     """`workers` spawned decoder processes (spawn: never a fork of a process running torch's threads)."""
 
     def __init__(self, workers: int, memory_mb: int, max_pixels: int):
-        self._pool = ProcessPool(max_workers=workers, initializer=limit_address_space,
+        self._pool = ProcessPool(max_workers=workers, initializer=prepare_decoder,
                                  initargs=(memory_mb * MEGABYTE, max_pixels),
                                  context=multiprocessing.get_context("spawn"))
         # Started now, not by the first upload: a decoder's start-up (a third of a second) must not eat its deadline.
