@@ -20,6 +20,7 @@ from torch import nn
 
 from .backbones import get_backbone
 from .imaging import SquarePad, load_rgb
+from .recipes import Augmentation
 from .views import CloseUp
 
 
@@ -46,19 +47,17 @@ class LabelOf:
 
 
 def make_dataloaders(frame: pd.DataFrame, classes: list[str], backbone: str, size: int, bs: int,
-                     augment: bool = True, seed: int = 42, device=None, num_workers: int = 0,
-                     close_ups: float = 0.0, max_rotate: float = 10.0, max_zoom: float = 1.15,
-                     max_warp: float = 0.1):
+                     augmentation: Augmentation | None = None, seed: int = 42, device=None, num_workers: int = 0):
     """DataLoaders from a frame of `path` (DATA/<class>/<file>), `label` and `is_valid` columns at one image size."""
     spec = get_backbone(backbone)
+    augmentation = augmentation or Augmentation()
     item_tfms, batch_tfms = [SquarePad(size)], []
-    if augment:
+    if augmentation.enabled:
         # Product photos: rotation, zoom and lighting; guitars are not symmetric but mirror images
         # of a model are still that model, so flips are kept.
-        batch_tfms += aug_transforms(max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=0.2,
-                                     pad_mode="border")
-        if close_ups:
-            item_tfms.insert(0, CloseUp(close_ups))
+        batch_tfms += aug_transforms(**dict(augmentation.fastai), max_lighting=0.2, pad_mode="border")
+        if augmentation.close_ups:
+            item_tfms.insert(0, CloseUp(augmentation.close_ups))
     batch_tfms.append(Normalize.from_stats(spec.mean, spec.std))
     block = DataBlock(
         blocks=(image_block(), CategoryBlock(vocab=classes)),

@@ -14,9 +14,26 @@ class RecipeError(ValueError):
     """A recipe file that cannot be used, with the reason."""
 
 
+def bounded(default, low, high, fastai: bool = False):
+    """A numeric recipe key: its default and its bounds, stated once; `fastai`: passed on to `aug_transforms`."""
+    return field(default=default, metadata={"bounds": (low, high), "fastai": fastai})
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What a stage does to its training photos: fastai's `aug_transforms` keywords, and our close-ups."""
+
+    enabled: bool = True
+    close_ups: float = 0.0
+    fastai: tuple[tuple[str, float], ...] = ()  # (keyword, value) pairs, hashable as the frozen stage is
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One `fit_one_cycle` call: which backbone, at what size, frozen or not, for how long."""
+    """One `fit_one_cycle` call: which backbone, at what size, frozen or not, for how long.
+
+    A recipe accepts exactly these fields as keys; a numeric one's bounds live in its `bounded(...)` here.
+    """
 
     name: str
     backbone: str
@@ -24,15 +41,21 @@ class Stage:
     frozen: bool
     epochs: int | tuple[int, int]   # [low, high]: as many as the recipe's time budget leaves room for
     lr: float | tuple[float, float] | str
-    bs: int = 64
-    label_smoothing: float = 0.0
+    bs: int = bounded(64, 1, 4096)
+    label_smoothing: float = bounded(0.0, 0.0, 0.5)
     augment: bool = True
-    close_ups: float = 0.0   # share of training photos replaced by a close-up of part of the guitar (augment only)
-    max_rotate: float = 10.0  # degrees, either way (augment only)
-    max_zoom: float = 1.15   # fastai's zoom-in, at a random centre: up to this factor (augment only)
-    max_warp: float = 0.1    # fastai's perspective warp, as a photo taken at an angle (augment only)
-    frozen_groups: int = 0   # unfrozen stages: parameter groups, from the input, that stay frozen
+    close_ups: float = bounded(0.0, 0.0, 1.0)  # share of training photos replaced by a close-up (augment only)
+    max_rotate: float = bounded(10.0, 0.0, 180.0, fastai=True)  # degrees, either way
+    max_zoom: float = bounded(1.15, 1.0, 4.0, fastai=True)  # fastai's zoom-in, at a random centre
+    max_warp: float = bounded(0.1, 0.0, 0.9, fastai=True)  # fastai's perspective warp, as a photo taken at an angle
+    frozen_groups: int = bounded(0, 0, 1)  # unfrozen stages: parameter groups, from the input, that stay frozen
     train_bn: bool = True    # fastai's default; False freezes BatchNorm in frozen groups too, so no backward reaches them
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """The stage's augmentation as one object for `make_dataloaders`."""
+        passed = tuple((f.name, getattr(self, f.name)) for f in fields(self) if f.metadata.get("fastai"))
+        return Augmentation(self.augment, self.close_ups, passed)
 
     @property
     def elastic(self) -> bool:
@@ -76,8 +99,9 @@ class Recipe:
 STAGE_DEFAULTS = {f.name: f.default for f in fields(Stage) if f.default is not MISSING}
 RECIPE_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
 
-_STAGE_KEYS = {"name", "backbone", "size", "bs", "frozen", "epochs", "lr", "label_smoothing", "augment",
-               "close_ups", "max_rotate", "max_zoom", "max_warp", "frozen_groups", "train_bn"}
+_STAGE_KEYS = {f.name for f in fields(Stage)}
+_BOUNDED = {f.name: (f.type, *f.metadata["bounds"]) for f in fields(Stage) if "bounds" in f.metadata}
+_FLAGS = [f.name for f in fields(Stage) if f.type == "bool" and f.default is not MISSING]
 _RECIPE_KEYS = {"description", "valid_pct", "seed", "budget_minutes", "stages"}
 
 
@@ -153,32 +177,23 @@ def _parse_stage(raw: dict, index: int, source: str) -> Stage:
         raise RecipeError(f"{where}: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if not isinstance(raw["frozen"], bool):
         raise RecipeError(f"{where}: frozen must be true or false, got {raw['frozen']!r}")
-    for flag in ("augment", "train_bn"):
+    for flag in _FLAGS:
         if not isinstance(raw.get(flag, STAGE_DEFAULTS[flag]), bool):
             raise RecipeError(f"{where}: {flag} must be true or false")
+    numbers = {name: _recipe_number(raw.get(name, STAGE_DEFAULTS[name]), name, where, int if kind == "int" else float,
+                                    low, high) for name, (kind, low, high) in _BOUNDED.items()}
     # Two groups are body parts (early, late) and one is the head; keeping both body groups frozen is `frozen = true`.
-    frozen_groups = _recipe_number(raw.get("frozen_groups", STAGE_DEFAULTS["frozen_groups"]), "frozen_groups", where,
-                                   int, 0, 1)
-    if raw["frozen"] and frozen_groups:
+    if raw["frozen"] and numbers["frozen_groups"]:
         raise RecipeError(f"{where}: frozen_groups only applies to unfrozen stages (frozen = false)")
     return Stage(
         name=str(raw.get("name", f"stage{index + 1}")),
         backbone=backbone,
         size=_recipe_number(raw.get("size", BACKBONES[backbone].default_size), "size", where, int, 32, 1024),
-        bs=_recipe_number(raw.get("bs", STAGE_DEFAULTS["bs"]), "bs", where, int, 1, 4096),
         frozen=raw["frozen"],
         epochs=_parse_epochs(raw["epochs"], where),
         lr=_parse_lr(raw["lr"], where),
-        label_smoothing=_recipe_number(raw.get("label_smoothing", STAGE_DEFAULTS["label_smoothing"]),
-                                       "label_smoothing", where, float, 0.0, 0.5),
-        augment=raw.get("augment", STAGE_DEFAULTS["augment"]),
-        close_ups=_recipe_number(raw.get("close_ups", STAGE_DEFAULTS["close_ups"]), "close_ups", where, float, 0.0, 1.0),
-        max_rotate=_recipe_number(raw.get("max_rotate", STAGE_DEFAULTS["max_rotate"]), "max_rotate", where, float,
-                                  0.0, 180.0),
-        max_zoom=_recipe_number(raw.get("max_zoom", STAGE_DEFAULTS["max_zoom"]), "max_zoom", where, float, 1.0, 4.0),
-        max_warp=_recipe_number(raw.get("max_warp", STAGE_DEFAULTS["max_warp"]), "max_warp", where, float, 0.0, 0.9),
-        frozen_groups=frozen_groups,
-        train_bn=raw.get("train_bn", STAGE_DEFAULTS["train_bn"]),
+        **numbers,
+        **{flag: raw.get(flag, STAGE_DEFAULTS[flag]) for flag in _FLAGS},
     )
 
 

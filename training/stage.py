@@ -60,9 +60,7 @@ def precision_callbacks(run: Run) -> list:
 
 def stage_dataloaders(run: Run, stage: Stage):
     """The stage's DataLoaders over the run's split, at the stage's size and batch size."""
-    return make_dataloaders(run.frame, run.scan.classes, stage.backbone, stage.size, stage.bs, augment=stage.augment,
-                            close_ups=stage.close_ups, max_rotate=stage.max_rotate, max_zoom=stage.max_zoom,
-                            max_warp=stage.max_warp,
+    return make_dataloaders(run.frame, run.scan.classes, stage.backbone, stage.size, stage.bs, stage.augmentation,
                             seed=run.recipe.seed, device=run.device, num_workers=loader_workers(run.device))
 
 
