@@ -116,3 +116,22 @@ def test_a_stages_turn_zoom_and_warp_reach_fastais_transforms(demo_data):
     assert affine.coord_fs[0].magnitude == 0.35
     drawn = {fn.func.__name__: fn.keywords for fn in affine.aff_fs}
     assert drawn["rotate_mat"]["max_deg"] == 25 and drawn["zoom_mat"]["max_zoom"] == 1.6
+
+
+def test_every_bounded_key_is_checked_and_every_fastai_key_is_an_aug_transforms_keyword():
+    import inspect
+    from dataclasses import fields
+
+    from fastai.vision.augment import aug_transforms
+
+    from training.recipes import Stage
+
+    keywords = inspect.signature(aug_transforms).parameters
+    bounded = [f for f in fields(Stage) if "bounds" in f.metadata]
+    assert {f.name for f in bounded} >= {"bs", "close_ups", "max_rotate", "max_zoom", "max_warp", "frozen_groups"}
+    for f in bounded:
+        low, high = f.metadata["bounds"]
+        with pytest.raises(RecipeError, match=f.name):
+            parse_recipe(f"[[stages]]\n{GOOD_STAGE}{f.name} = {high + 1}\n", "t")
+        if f.metadata["fastai"]:
+            assert f.name in keywords, f"{f.name} is no aug_transforms keyword"
