@@ -115,12 +115,11 @@ def photo(relpath: str):
 @click.option("--token", envvar="GUITARS_REVIEW_TOKEN", help="The page's access token [default: a new random one].")
 def review_command(data_dir, queue_file, port, token):
     """Serve the review page for DATA on 127.0.0.1 only, behind a token; decisions go to DATA/labels.csv."""
-    from . import create_app
-
     token = token or secrets.token_urlsafe(16)
-    config = {**current_app.config, "REVIEW_DATA": str(data_dir.resolve()), "REVIEW_TOKEN": token,
-              "REVIEW_QUEUE": str(queue_file) if queue_file else None}
-    app = create_app(config)
+    app = current_app._get_current_object()  # the command's own app, with the page turned on: not a second app
+    app.config.update(REVIEW_DATA=str(data_dir.resolve()), REVIEW_TOKEN=token,
+                      REVIEW_QUEUE=str(queue_file) if queue_file else None)
+    register_page(app)
     click.echo(f"Review {data_dir} at http://127.0.0.1:{port}/review/?token={token}  (Ctrl+C to stop)")
     # werkzeug's server on loopback: one person's tool, not a public site (that is gunicorn's job).
     run_simple("127.0.0.1", port, app, threaded=True)
@@ -130,6 +129,12 @@ def init_app(app: Flask) -> None:
     """Register the page only when a data folder and a token are configured; always offer the command."""
     app.cli.add_command(review_command)
     if app.config.get("REVIEW_DATA"):
-        if not app.config.get("REVIEW_TOKEN"):
-            raise ValueError("the review page needs a token (GUITARS_REVIEW_TOKEN) as well as GUITARS_REVIEW_DATA")
+        register_page(app)
+
+
+def register_page(app: Flask) -> None:
+    """Serve the review page on `app`, whose config names the data folder and the token."""
+    if not app.config.get("REVIEW_TOKEN"):
+        raise ValueError("the review page needs a token (GUITARS_REVIEW_TOKEN) as well as GUITARS_REVIEW_DATA")
+    if bp.name not in app.blueprints:
         app.register_blueprint(bp)
