@@ -96,14 +96,11 @@ def find_lr(learn, run: Run, stage_name: str, cbs) -> float:
     """Run fastai's lr_find, save its plot, and return the suggested (valley) learning rate."""
     import matplotlib.pyplot as plt
 
-    learn.add_cbs(cbs)  # lr_find takes no cbs argument; run it under the same precision as the fit
     # fastai's 100 steps, but no more than a few passes over a small training set: the sweep is no better for
     # showing the same photos dozens of times.
     steps = min(LR_FIND_STEPS, max(LR_FIND_MIN_STEPS, LR_FIND_PASSES * len(learn.dls.train)))
-    try:
+    with learn.added_cbs(cbs):  # lr_find takes no cbs argument; run it under the same precision as the fit
         suggestion = learn.lr_find(num_it=steps, suggest_funcs=(valley,), show_plot=True)
-    finally:
-        learn.remove_cbs(cbs)
     with atomic_path(lr_find_png(run.out, stage_name)) as tmp:
         plt.gcf().savefig(tmp, format="png")
     plt.close("all")
