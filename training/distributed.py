@@ -5,7 +5,9 @@ import contextlib
 import os
 
 import torch
+from fastai.callback.core import Callback
 from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib
+from fastai.torch_core import noop
 
 
 class GlooSafeDistributedDL(DistributedDL):
@@ -28,19 +30,41 @@ class AcceleratedTrainer(DistributedTrainer):
         return GlooSafeDistributedDL(dl, device=next(self.learn.model.parameters()).device)
 
 
+class TrainingBatches(Callback):
+    """Counts the training batches this process ran."""
+
+    def before_fit(self):
+        self.count = 0
+
+    def after_batch(self):
+        if self.training:
+            self.count += 1
+
+
+def batches_per_rank(count: int) -> list[int]:
+    """Every rank's `count`, in rank order (a collective: every rank must call it)."""
+    counts = [0] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(counts, count)
+    return counts
+
+
 @contextlib.contextmanager
-def data_parallel(learn, device: torch.device):
-    """Inside `accelerate launch` with several processes, fit data-parallel; otherwise do nothing."""
+def data_parallel(learn, device: torch.device, echo=noop):
+    """Inside `accelerate launch` with several processes, fit data-parallel, then `echo` each rank's share of the
+    batches (a rank that sat out would show 0); otherwise do nothing."""
     if num_distrib() <= 1:
         yield learn
         return
     # SyncBatchNorm is CUDA-only; on CPU each process keeps its own batch statistics.
     trainer = AcceleratedTrainer(sync_bn=device.type == "cuda", cpu=device.type == "cpu")
-    learn.add_cb(trainer)
+    counter = TrainingBatches()
+    learn.add_cbs([trainer, counter])
     try:
         yield learn
     finally:
-        learn.remove_cb(trainer)
+        learn.remove_cbs([trainer, counter])
+    counts = batches_per_rank(counter.count)  # only after a fit that ended well: a failed rank would never answer
+    echo(f"  {len(counts)} processes trained {' + '.join(map(str, counts))} batches")
 
 
 @contextlib.contextmanager

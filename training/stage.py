@@ -146,7 +146,7 @@ def train_stage(run: Run, index: int, learn=None):
              f"{'frozen' if stage.frozen else 'unfrozen'}, {length}, lr {stage.lr}")
     table = EpochTable(None if run.progress else run.echo, partial(save_progress, run, stage.name) if run.is_main else None)
     started = time.monotonic()
-    with data_parallel(learn, run.device):
+    with data_parallel(learn, run.device, run.echo):
         learn.fit_one_cycle(epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, *clock, table])
     if clock:
         record["budget"].update(fit_seconds_used=round(time.monotonic() - started, 2),
