@@ -10,7 +10,6 @@ and in-scope decisions of each are compared with fp32's.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from training.graphs import onnx_bytes
 from training.imaging import open_image, to_batch
 from training.inference import Predictor
 from training.predict_files import expand_paths
-from training.runfiles import SPLIT
+from training.runfiles import read_split
 
 
 def compile_all(predictor: Predictor, calibration: list[Path]) -> dict:
@@ -48,8 +47,7 @@ def one_thread(core, graph, precision: str):
 
 def photo_sets(run: Path, data: Path, ood: Path) -> dict[str, list[Path]]:
     """The run's validation photos, then each sub-folder of `ood`."""
-    items = json.loads((run / SPLIT).read_text())["items"]
-    sets = {"valid": [data / item["path"] for item in items if item["is_valid"]]}
+    sets = {"valid": [data / path for path in read_split(run).paths(valid=True)]}
     sets.update({group.name: expand_paths([group]) for group in sorted(ood.iterdir()) if group.is_dir()})
     return sets
 
@@ -82,8 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     predictor = Predictor.load(args.run, runtime="torch")
-    items = json.loads((args.run / SPLIT).read_text())["items"]
-    train = [args.data / item["path"] for item in items if not item["is_valid"]]
+    train = [args.data / path for path in read_split(args.run).paths(valid=False)]
     sets = photo_sets(args.run, args.data, args.ood)
     pick = np.random.default_rng(0).choice(len(train), min(args.calibration, len(train)), replace=False)
     compiled = compile_all(predictor, [train[i] for i in pick])

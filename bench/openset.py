@@ -8,7 +8,6 @@ logits in RUN_DIR/openset_imagenet.npz (delete both after retraining).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from training.openset import (
     softmax,
 )
 from training.predict_files import expand_paths
+from training.runfiles import read_split
 from training.runtimes import make_forward
 
 KNN_KS = (1, 10, 50)
@@ -35,9 +35,8 @@ KNN_KS = (1, 10, 50)
 
 def photo_sets(run: Path, data: Path, ood: Path) -> dict[str, list[Path]]:
     """The run's training and validation photos, and each sub-folder of OOD_DIR."""
-    split = json.loads((run / "split.json").read_text())["items"]
-    paths = {"train": [data / r["path"] for r in split if not r["is_valid"]],
-             "valid": [data / r["path"] for r in split if r["is_valid"]]}
+    split = read_split(run)
+    paths = {"train": [data / p for p in split.paths(valid=False)], "valid": [data / p for p in split.paths(valid=True)]}
     for group in sorted(p for p in ood.iterdir() if p.is_dir()):
         paths[group.name] = expand_paths([group])
     return paths
@@ -111,9 +110,9 @@ def main(run: Path, data: Path, ood: Path) -> None:
     sets = load_features(run, data, ood)
     imagenet = imagenet_logits(run, data, ood)
     train_logits, train_features = sets.pop("train")
-    split = json.loads((run / "split.json").read_text())["items"]
-    classes = sorted({r["label"] for r in split})
-    train_labels = np.array([classes.index(r["label"]) for r in split if not r["is_valid"]])
+    split = read_split(run)
+    classes = sorted({row.label for row in split.rows})
+    train_labels = np.array([classes.index(row.label) for row in split.rows if not row.is_valid])
     scores = {
         "max softmax probability": lambda lg, ft: softmax(lg).max(1),
         "max logit": lambda lg, ft: lg.max(1),

@@ -85,7 +85,7 @@ def train_command(data_dir, recipe, out_dir, resume, device, precision, pretrain
 @_fail_clearly
 def evaluate_command(model_path, data_dir, as_json, plot, tta, mistakes, ood_dir, valid_only, views):
     """Score a trained model on a labelled folder."""
-    from .evaluate import evaluate_folder, evaluate_out_of_scope, evaluate_views, evaluation_summary
+    from .evaluate import evaluate_folder, evaluation_summary
     from .inference import Predictor
     from .metrics import plot_confusion_matrix
     from .mistakes import write_mistakes_csv
@@ -94,18 +94,13 @@ def evaluate_command(model_path, data_dir, as_json, plot, tta, mistakes, ood_dir
     predictor = Predictor.load(model_path, tta=tta)
     progress = not as_json and sys.stderr.isatty()
     only = validation_paths(predictor.path.parent) if valid_only else None
-    result = evaluate_folder(predictor, data_dir, progress=progress, only=only)
-    if views:
-        result["views"] = evaluate_views(predictor, data_dir, only, progress=progress)
-    if ood_dir:
-        result["out_of_scope"] = evaluate_out_of_scope(predictor, ood_dir, result["scope"]["scores"]
-                                                       if "scope" in result else [], progress=progress)
-    result.get("scope", {}).pop("scores", None)  # one per photo: for the AUROC, not for the summary
+    result = evaluate_folder(predictor, data_dir, progress=progress, only=only, views=views, ood_dir=ood_dir)
     if plot:
-        plot_confusion_matrix(result["confusion_matrix"], result["classes"], plot, title=f"Confusion on {data_dir}")
+        plot_confusion_matrix(result.metrics["confusion_matrix"], result.classes, plot,
+                              title=f"Confusion on {data_dir}")
     if mistakes:
-        write_mistakes_csv(result["mistakes"], mistakes)
-    click.echo(json.dumps(result) if as_json else evaluation_summary(result))
+        write_mistakes_csv(result.mistakes, mistakes)
+    click.echo(json.dumps(result.to_json()) if as_json else evaluation_summary(result))
 
 
 @click.command("predict")
@@ -128,12 +123,13 @@ def predict_command(paths, model_path, runtime, top_k, csv_path, as_json):
     files = expand_paths(list(paths))
     top_k = min(top_k, len(predictor.classes))
     results, unreadable = predict_files(predictor, files, top_k, progress=not as_json and sys.stderr.isatty())
-    for entry in unreadable:
-        click.echo(f"skipped {entry['file']}: {entry['reason']}", err=True)
+    for file in unreadable:
+        click.echo(f"skipped {file.file}: {file.reason}", err=True)
     if csv_path:
         with atomic_path(csv_path) as tmp:
             tmp.write_text(results_csv(results, top_k))
-    click.echo(json.dumps({"model": predictor.describe(), "results": results, "unreadable": unreadable}, indent=1)
+    click.echo(json.dumps({"model": predictor.describe(), "results": results,
+                           "unreadable": [file.to_json() for file in unreadable]}, indent=1)
                if as_json else results_table(results))
 
 

@@ -15,6 +15,7 @@ import imagehash
 import numpy as np
 from tqdm.auto import tqdm
 
+from .batches import Unreadable
 from .classnames import class_names, names_for
 from .decoding import ImageError, open_image
 from .fsutil import default_cache_dir, write_json
@@ -48,7 +49,7 @@ class DatasetScan:
     root: Path
     classes: list[str]
     items: list[Item]
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
     decisions: Applied | None = None  # what DATA/labels.csv changed
     names: dict[str, str] = field(default_factory=dict)  # display names (DATA/classes.toml or from the ids)
 
@@ -142,7 +143,7 @@ def scan_dataset(root: str | os.PathLike, cache_dir: Path | None = None, progres
     for relpath, label in files:
         entry = results[relpath]
         if len(entry) == 3:
-            unreadable.append((relpath, entry[2]))
+            unreadable.append(Unreadable(relpath, entry[2]))
             log.warning("skipping unreadable image %s: %s", relpath, entry[2])
         else:
             items.append(Item(relpath, label, entry[2], int(entry[3], 16)))
@@ -247,7 +248,7 @@ def dataset_report(scan: DatasetScan) -> dict:
         "names": scan.names,
         "counts": scan.counts(),
         "images": len(scan.items),
-        "unreadable": [{"file": f, "reason": r} for f, r in scan.unreadable],
+        "unreadable": [file.to_json() for file in scan.unreadable],
         "duplicate_groups": described,
         "duplicate_images": sum(len(g) for g in groups) - len(groups),
         "cross_class_groups": [g for g in described if len(g["labels"]) > 1],

@@ -1,13 +1,13 @@
 """Score an exported model on a labelled folder with the same layout as the training data."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .batches import Unreadable, image_batches
 from .dataset import DatasetError, labelled_images
-from .decoding import ImageError, open_image
 from .inference import Predictor
 from .labels import decisions_line
 from .metrics import classification_metrics
@@ -16,11 +16,39 @@ from .predict_files import expand_paths
 from .views import VIEWS, view_crops
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A model scored on a labelled folder, and on views cut from it and photos of none of its classes when asked."""
+
+    metrics: dict  # training.metrics.classification_metrics: accuracy, macro-F1, per class, confusion matrix
+    classes: list[str]
+    names: dict[str, str]
+    tta: str
+    unknown_classes: dict[str, int]  # folders the model does not know, with their photo counts
+    unreadable: list[Unreadable]
+    decisions: dict  # what DATA/labels.csv changed
+    mistakes: list[dict]
+    scope: dict | None = None  # threshold and share rejected; None for a model without a detector
+    scope_scores: list[float] = field(default_factory=list, repr=False)  # per photo, for the AUROC; not printed
+    views: dict | None = None  # evaluate_views
+    out_of_scope: dict | None = None  # evaluate_out_of_scope, by sub-folder
+
+    def to_json(self) -> dict:
+        """What `flask evaluate --json` prints."""
+        result = {**self.metrics, "classes": self.classes, "names": self.names, "tta": self.tta,
+                  "unknown_classes": self.unknown_classes, "unreadable": [u.to_json() for u in self.unreadable],
+                  "decisions": self.decisions, "mistakes": self.mistakes}
+        optional = {"scope": self.scope, "views": self.views, "out_of_scope": self.out_of_scope}
+        return {**result, **{key: value for key, value in optional.items() if value is not None}}
+
+
 def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int = 32, progress: bool = True,
-                    only: set[str] | None = None) -> dict:
+                    only: set[str] | None = None, views: bool = False, ood_dir: str | Path | None = None) -> Evaluation:
     """Accuracy, macro-F1, per-class scores, confusion matrix and the mistakes; unknown and unreadable files listed.
 
-    `only`: score just these photos (paths relative to `data_dir`), such as a run's validation split.
+    `only`: score just these photos (paths relative to `data_dir`), such as a run's validation split. `views`: also
+    score views cut from them (`evaluate_views`). `ood_dir`: also photos of none of the classes
+    (`evaluate_out_of_scope`).
     """
     root = Path(data_dir)
     _, files, applied = labelled_images(root)  # the data owner's relabels and exclusions count here too
@@ -28,51 +56,48 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
         files = [(relpath, label) for relpath, label in files if relpath in only]
     known = {name: k for k, name in enumerate(predictor.classes)}
     unknown: dict[str, int] = {}
-    unreadable: list[dict] = []
-    probs, targets, scored, scope_scores = [], [], [], []
-    batch, batch_targets = [], []
-
-    def flush():
-        if batch:
-            batch_probs, batch_scores = predictor.outputs(batch)
-            probs.append(batch_probs)
-            scope_scores.extend(batch_scores)
-            targets.extend(batch_targets)
-            batch.clear()
-            batch_targets.clear()
-
-    for relpath, label in tqdm(files, desc="Evaluating", disable=not progress):
+    for _, label in files:
         if label not in known:
             unknown[label] = unknown.get(label, 0) + 1
-            continue
-        try:
-            batch.append(open_image(root / relpath))
-        except ImageError as exc:
-            unreadable.append({"file": relpath, "reason": str(exc)})
-            continue
-        batch_targets.append(known[label])
-        scored.append(relpath)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    if not targets:
+    files = [(relpath, label) for relpath, label in files if label in known]
+    unreadable: list[Unreadable] = []
+    indices, probs, scope_scores = score_files(predictor, [root / relpath for relpath, _ in files], batch_size,
+                                               unreadable, root, progress, "Evaluating")
+    if not indices:
         raise DatasetError(
             f"no images of the model's classes in {root}; the model knows: {', '.join(predictor.classes)}"
         )
-    probs, targets = np.concatenate(probs), np.array(targets)
-    result = classification_metrics(probs, targets, predictor.classes)
-    result["classes"] = predictor.classes
-    result["names"] = predictor.names
-    result["tta"] = predictor.describe()["tta"]
-    result["unknown_classes"] = unknown
-    result["unreadable"] = unreadable
-    result["decisions"] = applied.as_dict()
-    result["mistakes"] = mistake_rows(scored, probs, targets, predictor.classes)
+    scored = [files[i][0] for i in indices]
+    targets = np.array([known[files[i][1]] for i in indices])
+    scope, in_scope_scores = None, []
     if predictor.scope is not None:
-        in_scope = predictor.scope.in_scope(np.array(scope_scores))
-        result["scope"] = {"threshold": predictor.scope.threshold, "rejected": round(float((~in_scope).mean()), 4),
-                           "scores": [float(x) for x in scope_scores]}
-    return result
+        in_scope_scores = [float(x) for x in scope_scores]
+        in_scope = predictor.scope.in_scope(np.array(in_scope_scores))
+        scope = {"threshold": predictor.scope.threshold, "rejected": round(float((~in_scope).mean()), 4)}
+    return Evaluation(
+        metrics=classification_metrics(probs, targets, predictor.classes), classes=predictor.classes,
+        names=predictor.names, tta=predictor.describe()["tta"], unknown_classes=unknown, unreadable=unreadable,
+        decisions=applied.as_dict(), mistakes=mistake_rows(scored, probs, targets, predictor.classes), scope=scope,
+        scope_scores=in_scope_scores,
+        views=evaluate_views(predictor, root, only, batch_size, progress) if views else None,
+        out_of_scope=(evaluate_out_of_scope(predictor, ood_dir, in_scope_scores, batch_size, progress)
+                      if ood_dir else None),
+    )
+
+
+def score_files(predictor: Predictor, paths: list[Path], batch_size: int, unreadable: list[Unreadable],
+                root: Path | None = None, progress: bool = False,
+                desc: str | None = None) -> tuple[list[int], np.ndarray, list]:
+    """The readable files' indices in `paths`, their class probabilities (N, C) and scope scores (None each without
+    a detector); the unreadable ones noted in `unreadable`."""
+    indices, probs, scope_scores = [], [], []
+    for batch_indices, images in image_batches(paths, batch_size, unreadable, root, progress, desc):
+        batch_probs, batch_scores = predictor.outputs(images)
+        indices.extend(batch_indices)
+        probs.append(batch_probs)
+        scope_scores.extend(batch_scores)
+    probs = np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)), dtype=np.float32)
+    return indices, probs, scope_scores
 
 
 def evaluate_out_of_scope(predictor: Predictor, ood_dir: str | Path, in_scope_scores: list[float],
@@ -87,12 +112,8 @@ def evaluate_out_of_scope(predictor: Predictor, ood_dir: str | Path, in_scope_sc
     groups = sorted(p for p in root.iterdir() if p.is_dir()) or [root]
     report = {}
     for group in groups:
-        paths = expand_paths([group])
-        scores = []
-        for start in tqdm(range(0, len(paths), batch_size), desc=f"Out of scope: {group.name}", disable=not progress):
-            images = [img for img in (_try_open(p) for p in paths[start:start + batch_size]) if img is not None]
-            if images:
-                scores.extend(predictor.outputs(images)[1])
+        _, _, scores = score_files(predictor, expand_paths([group]), batch_size, [], progress=progress,
+                                   desc=f"Out of scope: {group.name}")
         if not scores:
             continue
         scores = np.array(scores)
@@ -111,33 +132,21 @@ def evaluate_views(predictor: Predictor, data_dir: str | Path, only: set[str] | 
     _, files, _ = labelled_images(root)
     known = {name: k for k, name in enumerate(predictor.classes)}
     files = [(relpath, label) for relpath, label in files if label in known and (only is None or relpath in only)]
-    pending = {view: ([], []) for view in VIEWS}
     scored = {view: ([], [], []) for view in VIEWS}  # probabilities, targets, scope scores
-
-    def flush(view):
-        images, targets = pending[view]
-        if images:
-            probabilities, scope = predictor.outputs(images)
-            scored[view][0].append(probabilities)
-            scored[view][1].extend(targets)
-            scored[view][2].extend(scope)
-            images.clear()
-            targets.clear()
-
     on_white = []  # per full shot: whether it is a shot on white (it has part views), else a photo in a setting
-    for index, (relpath, label) in enumerate(tqdm(files, desc="Views", disable=not progress)):
-        img = _try_open(root / relpath)
-        crops = {} if img is None else view_crops(img, index)
-        if crops:
-            on_white.append("headstock" in crops)
-        for view, crop in crops.items():
-            pending[view][0].append(crop)
-            pending[view][1].append(known[label])
-            if len(pending[view][0]) >= batch_size:
-                flush(view)
+    for indices, images in image_batches([root / relpath for relpath, _ in files], batch_size, [], progress=progress,
+                                         desc="Views"):
+        crops = [view_crops(img, index) for index, img in zip(indices, images)]
+        on_white.extend("headstock" in found for found in crops if found)
+        for view in VIEWS:
+            picked = [(found[view], known[files[index][1]]) for index, found in zip(indices, crops) if view in found]
+            if picked:
+                probabilities, scope = predictor.outputs([crop for crop, _ in picked])
+                scored[view][0].append(probabilities)
+                scored[view][1].extend(target for _, target in picked)
+                scored[view][2].extend(scope)
     report = {}
     for view in VIEWS:
-        flush(view)
         if not scored[view][0]:
             continue
         probabilities, targets = np.concatenate(scored[view][0]), np.array(scored[view][1])
@@ -164,15 +173,9 @@ def view_scores(predictor: Predictor, probabilities: np.ndarray, targets: np.nda
             "most_confused": confused["most_confused"], "confusion_matrix": confused["confusion_matrix"]}
 
 
-def _try_open(path: Path):
-    try:
-        return open_image(path)
-    except ImageError:
-        return None
-
-
-def evaluation_summary(result: dict) -> str:
+def evaluation_summary(evaluation: Evaluation) -> str:
     """A readable, one-screen summary of `evaluate_folder`'s result."""
+    result = evaluation.to_json()
     lines = [f"Accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   on {result['n']} images", ""]
     names = result.get("names") or {}
     lines.append(f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>8}{'n':>6}")

@@ -9,7 +9,6 @@ import torch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import noop
-from tqdm.auto import tqdm
 
 from .backbones import get_backbone
 from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
@@ -36,7 +35,7 @@ def finish_run(learn, run: Run) -> dict:
     write_mistakes_csv(mistake_rows(valid_files, probs, targets.numpy(), run.scan.classes), run.out / MISTAKES_CSV)
     detector, scope = fit_scope_detector(learn, run)
     trained_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    model_sha = export_learner(learn, run, calibration["temperature"], trained_at, detector)
+    model_sha = export_learner(learn, run, calibration, trained_at, detector)
     plot_confusion_matrix(metrics["confusion_matrix"], [run.scan.names[c] for c in run.scan.classes],
                           run.out / CONFUSION_MATRIX_PNG)
     report = build_report(run, learn, metrics, calibration, trained_at, model_sha)
@@ -51,7 +50,6 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     """The "not one of my classes" detector, fitted on the training photos' features; it and its figures."""
     last = run.recipe.stages[-1]
     spec = get_backbone(last.backbone)
-    progress = (lambda it: tqdm(it, desc="Scope features", leave=False)) if run.progress else None
     n_classes = len(run.scan.classes)
     # One pass gives the model's features and the ImageNet check's logits: [logits | features | ImageNet logits].
     # The threshold is drawn from the validation photos' scores, and serving decides every photo near it in fp32,
@@ -61,7 +59,7 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     for name, dataset in (("train", learn.dls.train_ds), ("valid", learn.dls.valid_ds)):
         forward = feature_forward(learn.model, last.size, n_classes, run.device, check=check, exact=name == "valid")
         paths = [str(p) for p in dataset.items]
-        _, both = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, progress)
+        _, both = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, run.progress)
         features[name], imagenet[name] = both[:, :-IMAGENET_CLASSES], both[:, -IMAGENET_CLASSES:]
     # The training photos' own labels (folder or relabel, as the DataLoaders read them), not the model's answers.
     label_of = LabelOf.from_frame(run.frame)
@@ -77,14 +75,15 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     return detector, figures
 
 
-def export_learner(learn, run: Run, temperature: float, trained_at: str, detector: ScopeDetector | None = None) -> str:
-    """`learn.export` to the run's export.pkl with the model metadata, atomically; the file's SHA-256."""
+def export_learner(learn, run: Run, calibration: dict, trained_at: str, detector: ScopeDetector | None = None) -> str:
+    """`learn.export` to the run's export.pkl with the model metadata (everything an answer depends on: the
+    temperature and "not sure" line of `calibration` too), atomically; the file's SHA-256."""
     last = run.recipe.stages[-1]
     spec = get_backbone(last.backbone)
     learn.meta = ModelMeta(classes=list(run.scan.classes), backbone=last.backbone, size=last.size,
                            mean=list(spec.mean), std=list(spec.std), recipe=run.recipe.name, trained_at=trained_at,
-                           temperature=temperature, scope=detector.to_meta() if detector else None,
-                           names=dict(run.scan.names))
+                           temperature=calibration["temperature"], scope=detector.to_meta() if detector else None,
+                           names=dict(run.scan.names), unsure_below=calibration["unsure_below"])
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
     with atomic_path(run.out / EXPORT) as tmp:
         learn.export(tmp)

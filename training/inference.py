@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import threading
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from .openset import ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures
 from .runfiles import REPORT, RunFileError, check_meta, model_file, read_report
 from .runtimes import BF16_SCOPE_MARGIN, RuntimeUnavailable, make_forward
 
-DEFAULT_UNSURE_BELOW = 0.5  # for a model whose report has no fitted threshold
+log = logging.getLogger(__name__)
+DEFAULT_UNSURE_BELOW = 0.5  # for a model exported with no fitted "not sure" line, and none in its report either
 
 
 class ModelLoadError(RuntimeError):
@@ -73,6 +75,13 @@ class Predictor:
         self.std = tuple(meta["std"])
         self.temperature: float = float(meta.get("temperature", 1.0))
         self.meta = meta
+        self.unsure_below, unsure_source = self._unsure_below(meta, self.report)
+        # Where each value an answer depends on came from: "model" (its metadata, inside the .pkl), else what an
+        # older export falls back to.
+        self.sources: dict[str, str] = {
+            "classes": "model" if meta.get("classes") else "learner", "names": "model" if meta.get("names") else "derived",
+            "temperature": "model" if "temperature" in meta else "default", "unsure_below": unsure_source,
+            "scope": "model" if meta.get("scope") else "none"}
         self.scope = ScopeDetector.from_meta(meta.get("scope"))
         # With a detector, one forward gives the logits and what it needs: [logits | features (| ImageNet profile)].
         self.served = self.model  # the module the runtime runs
@@ -189,10 +198,19 @@ class Predictor:
         top = cam.max()
         return cam / top if top > 0 else cam
 
-    @property
-    def unsure_below(self) -> float:
-        """The run's calibrated "not sure" line: a top probability below it is shown as not sure."""
-        return float(self.report.get("unsure_below", DEFAULT_UNSURE_BELOW))
+    def _unsure_below(self, meta: dict, report: dict) -> tuple[float, str]:
+        """The calibrated "not sure" line (a top probability below it is shown as not sure) and where it came from:
+        the model's metadata; for a model exported before it travelled there, its report's, else the default."""
+        if "unsure_below" in meta:
+            return float(meta["unsure_below"]), "model"
+        if "unsure_below" in report:
+            log.warning("%s was exported without its 'not sure' line; using its report's (%s). Retrain, or re-export "
+                        "it (docs/serving.md), so the model file alone decides its answers",
+                        self.path or "the model", report["unsure_below"])
+            return float(report["unsure_below"]), "report"
+        log.warning("%s has no 'not sure' line, in its metadata or its report; using %s",
+                    self.path or "the model", DEFAULT_UNSURE_BELOW)
+        return DEFAULT_UNSURE_BELOW, "default"
 
     def describe(self) -> dict:
         """What is loaded, for pages and the API."""

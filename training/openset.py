@@ -8,8 +8,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
-from .decoding import open_image
-from .imaging import to_batch
+from .batches import forward_files
 
 # Share of in-scope validation photos the threshold keeps; the rest of what scores lower is "not one of my classes".
 DEFAULT_KEEP = 0.95
@@ -199,12 +198,10 @@ def feature_forward(model: nn.Module, size: int, n_classes: int, device=None, ch
     return make_forward(net, size, "auto", n_classes=n_classes, exact=exact)[1]
 
 
-def image_features(forward, paths, size: int, mean, std, n_classes: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+def image_features(forward, paths, size: int, mean, std, n_classes: int,
+                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features of image files through `forward`, preprocessed as serving does."""
-    outputs = []
-    batches = range(0, len(paths), FEATURE_BATCH)
-    for start in progress(batches) if progress else batches:
-        batch = to_batch([open_image(p) for p in paths[start:start + FEATURE_BATCH]], size, mean, std)
-        outputs.append(forward(batch).float().numpy())
-    combined = np.concatenate(outputs) if outputs else np.zeros((0, n_classes), dtype=np.float32)
+    combined = forward_files(forward, paths, FEATURE_BATCH, size, mean, std, progress, desc="Scope features")
+    if not len(combined):
+        combined = np.zeros((0, n_classes), dtype=np.float32)
     return combined[:, :n_classes], combined[:, n_classes:]

@@ -5,9 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from .decoding import ImageError, open_image
+from .batches import Unreadable, image_batches
 from .imaging import is_image_file
 from .inference import Predictor
 
@@ -25,19 +23,13 @@ def expand_paths(paths: list[Path]) -> list[Path]:
     return found
 
 
-def predict_files(predictor: Predictor, paths: list[Path], top_k: int, progress: bool = False) -> tuple[list, list]:
+def predict_files(predictor: Predictor, paths: list[Path], top_k: int,
+                  progress: bool = False) -> tuple[list[dict], list[Unreadable]]:
     """One result per readable image (as the API gives it) and the unreadable files with the reason."""
     results, unreadable = [], []
-    for start in tqdm(range(0, len(paths), BATCH), desc="Classifying", disable=not progress, unit="batch"):
-        images, names = [], []
-        for path in paths[start:start + BATCH]:
-            try:
-                images.append(open_image(path))
-                names.append(str(path))
-            except (ImageError, OSError) as exc:
-                unreadable.append({"file": str(path), "reason": str(exc)})
-        results.extend(p.as_result(name, top_k, predictor.unsure_below)
-                       for name, p in zip(names, predictor.predict(images)))
+    for indices, images in image_batches(paths, BATCH, unreadable, progress=progress, desc="Classifying"):
+        results.extend(p.as_result(str(paths[i]), top_k, predictor.unsure_below)
+                       for i, p in zip(indices, predictor.predict(images)))
     return results, unreadable
 
 

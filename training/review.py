@@ -7,13 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .backbones import get_backbone
+from .batches import forward_files
 from .dataset import DatasetScan, duplicate_groups, scan_dataset
-from .decoding import open_image
 from .fsutil import default_cache_dir, write_json
-from .imaging import to_batch
 from .labels import latest_decisions, read_decisions
 from .openset import FEATURE_BATCH, fit_scope
 
@@ -63,13 +61,9 @@ def backbone_features(scan: DatasetScan, backbone: str, progress: bool) -> np.nd
         forward = make_forward(net, spec.default_size, "openvino")[1]
     except RuntimeUnavailable:
         forward = make_forward(net, spec.default_size, "torch")[1]
-    outputs = []
-    starts = range(0, len(scan.items), FEATURE_BATCH)
-    for start in tqdm(starts, desc="Features", disable=not progress):
-        images = [open_image(scan.root / item.relpath) for item in scan.items[start:start + FEATURE_BATCH]]
-        with torch.inference_mode():
-            outputs.append(forward(to_batch(images, spec.default_size, spec.mean, spec.std)).float().numpy())
-    features = np.concatenate(outputs)
+    with torch.inference_mode():
+        features = forward_files(forward, [scan.root / item.relpath for item in scan.items], FEATURE_BATCH,
+                                 spec.default_size, spec.mean, spec.std, progress, desc="Features")
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, features)
     return features
@@ -181,8 +175,8 @@ def build_queue(data_dir: str | Path, backbone: str = REVIEW_BACKBONE, progress:
         for index in members:
             if index in entries:
                 entries[index].group = [scan.items[i].relpath for i in members if i != index]
-    queue = list(entries.values()) + [Entry(path, Path(path).parent.name, ["unreadable"], detail=reason)
-                                      for path, reason in scan.unreadable]
+    queue = list(entries.values()) + [Entry(file.file, Path(file.file).parent.name, ["unreadable"], detail=file.reason)
+                                      for file in scan.unreadable]
     decided = latest_decisions(read_decisions(scan.root))
     queue = sorted((e for e in queue if e.path not in decided), key=Entry.rank_key)
     accuracy = float((probs.argmax(axis=1) == labels).mean())

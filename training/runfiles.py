@@ -1,7 +1,9 @@
-"""The run directory's one home: its file names, and the schema of the model metadata and `report.json`."""
+"""The run directory's one home: its file names, the model metadata, and every run file read or written
+(`report.json`, `split.json`, `state.json`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypedDict
 
@@ -24,7 +26,8 @@ class RunFileError(ValueError):
 
 
 class ModelMeta(TypedDict):
-    """What travels inside `export.pkl` as `learn.meta`: everything serving needs besides the weights."""
+    """What travels inside `export.pkl` as `learn.meta`: everything serving needs besides the weights, so that the
+    model file alone decides every answer (`report.json` only documents the run)."""
 
     classes: list[str]
     backbone: str
@@ -36,6 +39,8 @@ class ModelMeta(TypedDict):
     temperature: float
     scope: dict | None  # the "not one of my classes" detector (training.openset.ScopeDetector.to_meta)
     names: dict[str, str]  # class id -> display name (training.classnames); absent from older exports
+    # The calibrated "not sure" line; absent from older exports, which fall back to their report's (with a warning).
+    unsure_below: float
 
 
 class Validation(TypedDict, total=False):
@@ -73,6 +78,41 @@ class Report(TypedDict, total=False):
     packages: dict[str, str]
     model_sha256: str
     scope: dict | None  # the detector's method, threshold and the share of validation photos it rejects
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One photo of a run's split: its path relative to the data folder, its label, and the side it is on."""
+
+    path: str
+    label: str
+    is_valid: bool
+
+
+@dataclass(frozen=True)
+class Split:
+    """`split.json`: the train/valid split a run made once (from `training.dataset.split_items`) and keeps."""
+
+    seed: int
+    valid_pct: float
+    rows: list[SplitRow]
+
+    def paths(self, valid: bool) -> list[str]:
+        """The photos on one side (paths relative to the data folder), in the split's order."""
+        return [row.path for row in self.rows if row.is_valid == valid]
+
+
+class RunState(TypedDict, total=False):
+    """`state.json`: what `--resume` needs to know about a run in progress (`training.runstate`)."""
+
+    recipe: dict
+    dataset_fingerprint: str
+    pretrained: bool
+    completed: list[dict]  # one entry per finished stage, with its epochs
+    exported: bool
+    started: str
+    running: dict  # the stage in progress: its name and the seconds of its finished epochs
+    lost_seconds: float  # epochs that killed processes did not finish, counted for an elastic stage's budget
 
 
 # What serving cannot do without; the other keys are descriptive (older exports may lack some).
@@ -127,13 +167,43 @@ def check_meta(meta: dict | None, source: Path) -> ModelMeta:
     return meta
 
 
-def validation_paths(run_dir: Path) -> set[str]:
-    """The photos a run held out for validation (paths relative to its data folder), from its split file."""
+def write_split(out: Path, split: Split) -> None:
+    """Write `split.json` atomically."""
+    write_json(out / SPLIT, {"seed": split.seed, "valid_pct": split.valid_pct,
+                             "items": [asdict(row) for row in split.rows]})
+
+
+def read_split(run_dir: Path, missing_ok: bool = False) -> Split | None:
+    """A run's split; when it has none, None if `missing_ok`, else a RunFileError saying where it was looked for."""
     path = run_dir / SPLIT
     try:
-        items = json.loads(path.read_text())["items"]
+        stored = json.loads(path.read_text())
+        return Split(seed=stored["seed"], valid_pct=stored["valid_pct"],
+                     rows=[SplitRow(item["path"], item["label"], bool(item["is_valid"])) for item in stored["items"]])
     except FileNotFoundError:
-        raise RunFileError(f"{path} does not exist: --valid-only needs the run directory the model was trained in") from None
+        if missing_ok:
+            return None
+        raise RunFileError(f"{path} does not exist: this needs the run directory the model was trained in") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise RunFileError(f"{path} is not a split file written by this project ({exc})") from exc
-    return {item["path"] for item in items if item.get("is_valid")}
+
+
+def validation_paths(run_dir: Path) -> set[str]:
+    """The photos a run held out for validation (paths relative to its data folder), from its split file."""
+    return set(read_split(run_dir).paths(valid=True))
+
+
+def write_state(out: Path, state: RunState) -> None:
+    """Write `state.json` atomically."""
+    write_json(out / STATE, state)
+
+
+def read_state(out: Path) -> RunState | None:
+    """A run's saved state, or None when it has none (a run that has not started)."""
+    path = out / STATE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise RunFileError(f"{path} is not valid JSON ({exc}): delete the run directory, or choose another --out") from exc

@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 
 from .dataset import DatasetScan, split_items
-from .fsutil import atomic_path, write_json
+from .fsutil import atomic_path
 from .recipes import Recipe
-from .runfiles import SPLIT, STATE, checkpoint_file
+from .runfiles import RunState, Split, SplitRow, checkpoint_file, read_split, read_state, write_split, write_state
 
 
 class RunError(RuntimeError):
@@ -28,7 +28,7 @@ class Run:
     out: Path
     scan: DatasetScan
     frame: pd.DataFrame
-    state: dict
+    state: RunState
     device: torch.device
     precision: str
     pretrained: bool
@@ -46,36 +46,30 @@ class Run:
 
 def split_frame(scan: DatasetScan, recipe: Recipe, out: Path, resume: bool, write: bool = True) -> pd.DataFrame:
     """The run's train/valid split: made once, saved with the run and reused by every stage and on resume."""
-    split_path = out / SPLIT
-    if resume and split_path.exists():
-        rows = json.loads(split_path.read_text())["items"]
+    split = read_split(out, missing_ok=True) if resume else None
+    if split is not None:
         known = {item.relpath for item in scan.items}
-        missing = [r["path"] for r in rows if r["path"] not in known]
+        missing = [row.path for row in split.rows if row.path not in known]
         if missing:
             raise RunError(f"cannot resume: {len(missing)} images of the saved split are gone (e.g. {missing[0]})")
     else:
         is_valid = split_items(scan.items, recipe.valid_pct, recipe.seed)
-        rows = [{"path": i.relpath, "label": i.label, "is_valid": v} for i, v in zip(scan.items, is_valid)]
+        split = Split(recipe.seed, recipe.valid_pct,
+                      [SplitRow(item.relpath, item.label, valid) for item, valid in zip(scan.items, is_valid)])
         if write:  # every rank computes the same split from the seed; one of them saves it
-            write_json(split_path, {"seed": recipe.seed, "valid_pct": recipe.valid_pct, "items": rows})
-    frame = pd.DataFrame(rows)
-    frame["path"] = [str(scan.root / p) for p in frame["path"]]
-    return frame
+            write_split(out, split)
+    return pd.DataFrame({"path": [str(scan.root / row.path) for row in split.rows],
+                         "label": [row.label for row in split.rows],
+                         "is_valid": [row.is_valid for row in split.rows]})
 
 
-def load_state(out: Path, recipe: Recipe, scan: DatasetScan, resume: bool, pretrained: bool) -> dict:
+def load_state(out: Path, recipe: Recipe, scan: DatasetScan, resume: bool, pretrained: bool) -> RunState:
     """A fresh run state, or the saved one when `resume` may continue it (else a RunError saying why not)."""
-    state_path = out / STATE
-    if not state_path.exists():
-        return {
-            "recipe": recipe.to_dict(),
-            "dataset_fingerprint": scan.fingerprint(),
-            "pretrained": pretrained,
-            "completed": [],
-            "exported": False,
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-    state = json.loads(state_path.read_text())
+    state = read_state(out)
+    if state is None:
+        return RunState(recipe=recipe.to_dict(), dataset_fingerprint=scan.fingerprint(), pretrained=pretrained,
+                        completed=[], exported=False,
+                        started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     if not resume:
         done = len(state.get("completed", []))
         raise RunError(
@@ -97,7 +91,7 @@ def load_state(out: Path, recipe: Recipe, scan: DatasetScan, resume: bool, pretr
 
 def save_state(run: Run) -> None:
     """Write the run state atomically."""
-    write_json(run.out / STATE, run.state)
+    write_state(run.out, run.state)
 
 
 def save_progress(run: Run, stage_name: str, rows: list[dict]) -> None:

@@ -46,27 +46,32 @@ def current_decoders() -> DecoderPool:
     return decoder_pool(config["DECODERS"], config["DECODE_MEMORY_MB"], config["MAX_PIXELS"])
 
 
-def shown_unsure_below(predictor: Predictor) -> float:
-    """Top probability below which the answer is shown as "not sure": configured, else the run's, else 0.5."""
+def unsure_below_in_force(predictor: Predictor) -> tuple[float, str]:
+    """The top probability below which answers are shown as "not sure", and its source: the setting
+    (GUITARS_UNSURE_BELOW) when there is one, else the model's own line."""
     configured = current_app.config.get("UNSURE_BELOW")
-    return float(configured) if configured else predictor.unsure_below
+    if configured is not None:
+        return float(configured), "setting"
+    return predictor.unsure_below, predictor.sources["unsure_below"]
 
 
 def model_summary(predictor: Predictor) -> dict:
-    """Metadata and validation metrics of the loaded model."""
-    report = predictor.report
-    validation = report.get("validation", {})
+    """The loaded model: the values its answers are decided with (and where each came from), its metadata, and
+    its report's validation metrics (documentation only)."""
+    validation = predictor.report.get("validation", {})
+    unsure_below, source = unsure_below_in_force(predictor)
     return {
         **predictor.describe(),
         "validation": {k: validation.get(k) for k in ("accuracy", "macro_f1", "n", "per_class",
                                                        "confusion_matrix", "most_confused")},
-        "unsure_below": report.get("unsure_below"),
+        "unsure_below": unsure_below,
+        "sources": {**predictor.sources, "unsure_below": source},
     }
 
 
 def classify(predictor: Predictor, uploads: list[Upload], top_k: int) -> list[dict]:
     """Top-k predictions for every upload, in one batch, with the not-sure and in-scope flags."""
-    threshold = shown_unsure_below(predictor)
+    threshold, _ = unsure_below_in_force(predictor)
     predictions = predictor.predict([u.image for u in uploads])
     return [p.as_result(u.filename, top_k, threshold) for u, p in zip(uploads, predictions)]
 

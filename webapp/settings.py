@@ -23,6 +23,14 @@ def _env_number(env, name: str, default, kind=int):
         raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
 
 
+def _env_probability(env, name: str) -> float | None:
+    """A GUITARS_* probability from 0 to 1 (0 is a value: never), or None when unset."""
+    value = _env_number(env, name, None, float)
+    if value is not None and not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a probability from 0 to 1, got {env.get(name)!r}")
+    return value
+
+
 def _env_choice(env, name: str, choices: tuple[str, ...]) -> str:
     """A GUITARS_* value from `choices` (the first when unset)."""
     raw = env.get(name) or choices[0]
@@ -75,7 +83,8 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
         "DECODERS": _env_number(env, "GUITARS_DECODERS", 2),
         "DECODE_SECONDS": _env_number(env, "GUITARS_DECODE_SECONDS", 4.0, float),
         "DECODE_MEMORY_MB": _env_number(env, "GUITARS_DECODE_MEMORY_MB", 1024),
-        "UNSURE_BELOW": _env_number(env, "GUITARS_UNSURE_BELOW", 0.0, float) or None,
+        # None: the model's own line. 0 is a line too: never "not sure".
+        "UNSURE_BELOW": _env_probability(env, "GUITARS_UNSURE_BELOW"),
         "RATE_LIMIT_PER_MINUTE": _env_number(env, "GUITARS_RATE_LIMIT", 0),
         "PROXY_HOPS": _env_number(env, "GUITARS_PROXY_HOPS", 0),
         "SECRET_KEY": secret or development_secret(instance_dir),
