@@ -11,6 +11,21 @@ import pytest
 from tests.helpers import ROOT, SMOKE_CLASSES, gunicorn_server
 from training.demo import make_demo_dataset
 
+# Skip reasons naming the make target that installs a test's tool. Under CI that target has run, so such a skip
+# means the install failed, and the job must fail rather than pass without the test.
+TOOL_TARGETS = ("(make browser)", "(make proxy)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI (CI=true), a test skipped for a missing browser or proxy is reported failed, with the reason."""
+    report = (yield).get_result()
+    if os.environ.get("CI") != "true" or not report.skipped or not isinstance(report.longrepr, tuple):
+        return
+    reason = report.longrepr[2]
+    if any(target in reason for target in TOOL_TARGETS):
+        report.outcome, report.longrepr = "failed", f"CI=true, so a missing tool is a failure: {reason}"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
