@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 
+import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
@@ -58,10 +59,15 @@ def precision_callbacks(run: Run) -> list:
     return [CPUAutocast() if run.device.type == "cpu" else MixedPrecision(amp_mode=run.precision)]
 
 
+def recipe_dataloaders(frame, classes: list[str], stage: Stage, seed: int, device: torch.device):
+    """A stage's DataLoaders over a split frame, as a run builds them: its size, batch size and augmentation."""
+    return make_dataloaders(frame, classes, stage.backbone, stage.size, stage.bs, stage.augmentation, seed=seed,
+                            device=device, num_workers=loader_workers(device))
+
+
 def stage_dataloaders(run: Run, stage: Stage):
-    """The stage's DataLoaders over the run's split, at the stage's size and batch size."""
-    return make_dataloaders(run.frame, run.scan.classes, stage.backbone, stage.size, stage.bs, stage.augmentation,
-                            seed=run.recipe.seed, device=run.device, num_workers=loader_workers(run.device))
+    """The stage's DataLoaders over the run's split."""
+    return recipe_dataloaders(run.frame, run.scan.classes, stage, run.recipe.seed, run.device)
 
 
 def stage_learner(run: Run, index: int, learn=None):
