@@ -1,8 +1,12 @@
-"""Run both benchmarks and write bench/RESULTS.md with the machine, the date and the figures."""
+"""Run both benchmarks and write bench/RESULTS.md with the machine, the date and the figures.
+
+The whole file is generated, except the hand-written notes between NOTES_BEGIN and NOTES_END, which a re-run keeps.
+"""
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -13,14 +17,23 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 RUNTIME_NAMES = {"torch": "PyTorch", "onnx": "ONNX Runtime", "openvino": "OpenVINO",
                  "openvino-bf16": "OpenVINO bf16 (fp32 below 0.99 confidence)"}
-NOTES_HEADING = "## Notes"
+NOTES_BEGIN = "<!-- notes: written by hand; `python -m bench.report` keeps everything from here to the end marker -->"
+NOTES_END = "<!-- end of notes -->"
+EMPTY_NOTES = f"{NOTES_BEGIN}\n## Notes\n\n{NOTES_END}\n"
 
 
 def cpu_name() -> str:
+    """The CPU's model name."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
+
+
+def cpu_line(measured: dict) -> str:
+    """The machine a table was measured on, with its CPU class (what bf16 costs there depends on it)."""
+    return (f"CPU class: **{measured['cpu_class']}** ({measured['cpu']}, {measured['cores']} cores; from "
+            "/proc/cpuinfo: AMX = amx_bf16, AVX-512 bf16 = avx512_bf16, else AVX2-only).")
 
 
 def server_time_lines(serve: dict) -> list[str]:
@@ -46,29 +59,17 @@ def mix_lines(serve: dict) -> list[str]:
             f"included (each costs a bf16 and an fp32 pass); out-of-scope: photos of none of the classes; blend: {blend}."]
 
 
-def run(module: str, out: Path, *extra: str) -> dict:
-    subprocess.run([sys.executable, "-m", module, "--json", str(out), *extra], cwd=ROOT, check=True)
-    return json.loads(out.read_text())
-
-
-def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        serve = run("bench.serve", Path(tmp) / "serve.json", *sys.argv[1:2])
-        train = run("bench.train", Path(tmp) / "train.json")
-    import os
-
+def serving_lines(serve: dict) -> list[str]:
+    """The serving section: both apps on every mix and level, the ratios, the bare forward passes."""
     lines = [
-        "# Benchmark results",
-        "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores; {dt.date.today().isoformat()}; "
-        f"Python {platform.python_version()}. Produced by `{' '.join(['python -m bench.report', *sys.argv[1:]])}` "
-        "(`make bench` runs it on the demo model).",
-        "",
         "## Serving: `POST /api/v1/predict`, one image per request",
+        "",
+        cpu_line(serve),
         "",
         f"Model `{serve['model']}`, photos from `{serve['images']}`"
         + (f" and `{serve['ood']}`" if serve.get("ood") else "") + f", {serve['workers']} gunicorn workers each. "
-        "Baseline: Flask + `learn.predict(PILImage.create(bytes))` with default sync workers.",
+        "Baseline: Flask + `learn.predict(PILImage.create(bytes))` with default sync workers. Both servers run side by "
+        "side; at every mix and concurrency the two are measured back to back, the first of them alternating.",
         *mix_lines(serve),
         "",
         "| mix | app | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
@@ -82,37 +83,90 @@ def main() -> None:
     lines.append("")
     for mix, row in serve["mixes"].items():
         ratios = ", ".join(f"{c}: {r:.2f}x" for c, r in row["throughput_ratio"].items())
-        lines.append(f"- {mix}: throughput ours/baseline by concurrency {ratios}; top-1 identical to the baseline on "
-                     f"every photo: {row['top1_identical']}.")
-    lines += [
-        "- Goals: >= 4x the baseline at concurrency 16 on every mix, >= 5x on the blend.",
-        "- Bare forward pass, batch 1, one worker's threads: " + ", ".join(
-            f"{RUNTIME_NAMES[k]} {v:.1f} ms" for k, v in serve["bare_forward_ms"].items())
-        + f"; we serve with {RUNTIME_NAMES[serve['served_runtime']]}, and our p50 at concurrency 1 on the first mix is "
-        f"{serve['p50_c1_over_bare']:.2f}x its bare forward (goal: <= 1.3x).",
-        *server_time_lines(serve),
+        lines.append(f"- {mix}: throughput ours/baseline by concurrency {ratios} (each from adjacent measurements); "
+                     f"top-1 identical to the baseline on every photo: {row['top1_identical']}.")
+    served = RUNTIME_NAMES[serve["served_runtime"]]
+    return [*lines,
+            "- Goals: >= 4x the baseline at concurrency 16 on every mix, >= 5x on the blend.",
+            "- Bare forward pass, batch 1, one worker's threads: " + ", ".join(
+                f"{RUNTIME_NAMES[k]} {v:.1f} ms" for k, v in serve["bare_forward_ms"].items())
+            + f"; we serve with {served}, and our p50 at concurrency 1 on the first mix is "
+            f"{serve['p50_c1_over_bare']:.2f}x its bare forward (goal: <= 1.3x).",
+            *server_time_lines(serve), ""]
+
+
+def precision_words(precision: str, cpu_class: str) -> str:
+    """How ours trained, in words: bf16 autocast where the CPU has native bf16, else fp32."""
+    if precision == "bf16":
+        return f"under bf16 autocast, channels-last (`--precision auto` on this {cpu_class} CPU)"
+    return f"in fp32 (`--precision auto` on this {cpu_class} CPU, which has no native bf16)"
+
+
+def training_lines(train: dict) -> list[str]:
+    """The training section: ours and fastai's default pipeline, one epoch per benchmarked stage."""
+    lines = [
+        f"## Training: the `{train.get('recipe', 'cpu')}` recipe's frozen stage and its costliest unfrozen stage, "
+        "one epoch each",
         "",
-        "## Training: the `cpu` recipe's frozen stage and its costliest unfrozen stage, one epoch each",
+        cpu_line(train),
         "",
         f"{train['backbone']} at {' then '.join(map(str, train['sizes']))} px on `{train['data']}` "
         f"({train['per_class']} photos per class, "
         f"{train['ours']['train_images']} for training, {train['ours']['valid_images']} for validation, "
         "duplicate-aware split). Baseline: fastai's default pipeline (`Resize` item transform, `aug_transforms()`, fp32, "
-        "`freeze()` / `unfreeze()`); ours freezes as the recipe says (`train_bn`, `frozen_groups`) under bf16 autocast.",
+        "`freeze()` / `unfreeze()`); ours is the pipeline a run of the recipe builds (its augmentation: close-ups, "
+        "rotation, zoom as it sets them), freezing as it says (`train_bn`, `frozen_groups`), "
+        f"{precision_words(train['ours']['precision'], train['cpu_class'])}.",
         "",
-        "| pipeline | stage | size | training images/s | validation accuracy |",
-        "| --- | --- | --- | --- | --- |",
+        "| pipeline | precision | stage | size | training images/s | validation accuracy |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in ("ours", "baseline"):
         for row in train[name]["stages"]:
-            lines.append(f"| {name}{' (bf16)' if train[name]['bf16'] else ' (fp32)'} | {row['stage']} | {row['size']} | "
+            lines.append(f"| {name} | {train[name]['precision']} | {row['stage']} | {row['size']} | "
                          f"{row['images_per_s']:.1f} | {row['accuracy']:.4f} |")
-    lines += ["", "Speed-up ours/baseline: " + ", ".join(f"{s:.2f}x" for s in train["speedup"]) + " (goal: >= 2x).", ""]
-    text = "\n".join(lines)
-    if RESULTS.exists() and NOTES_HEADING in RESULTS.read_text():  # hand-written notes survive a re-run
-        text += "\n" + NOTES_HEADING + RESULTS.read_text().split(NOTES_HEADING, 1)[1]
+    return [*lines, "", "Speed-up ours/baseline: " + ", ".join(f"{s:.2f}x" for s in train["speedup"])
+            + " (goal: >= 2x).", ""]
+
+
+def kept_notes(previous: str) -> str:
+    """The hand-written notes of the file being replaced, markers included (an empty notes section if none)."""
+    if NOTES_BEGIN not in previous or NOTES_END not in previous:
+        return EMPTY_NOTES
+    return NOTES_BEGIN + previous.split(NOTES_BEGIN, 1)[1].split(NOTES_END, 1)[0] + NOTES_END + "\n"
+
+
+def not_measured(section: str) -> list[str]:
+    """A section this version of the scripts has not measured yet."""
+    return [f"## {section}", "", "Not measured by this version of the scripts yet: `make bench` writes it here.", ""]
+
+
+def render(serve: dict | None, train: dict | None, command: str, previous: str = "") -> str:
+    """The whole of RESULTS.md: the generated figures (None: not measured), then the notes kept from `previous`."""
+    header = ["# Benchmark results", "",
+              f"<!-- generated by `{command}`: edit only the notes section below, the rest is rewritten -->", ""]
+    if serve or train:
+        header += [f"{dt.date.today().isoformat()}; Python {platform.python_version()}. Produced by `{command}` "
+                   "(`make bench` runs it on the demo model).", ""]
+    sections = [*(serving_lines(serve) if serve else not_measured("Serving")),
+                *(training_lines(train) if train else not_measured("Training"))]
+    return "\n".join([*header, *sections]) + "\n" + kept_notes(previous)
+
+
+def run(module: str, out: Path, *extra: str) -> dict:
+    """Run one benchmark script and read its JSON, with the machine it ran on."""
+    subprocess.run([sys.executable, "-m", module, "--json", str(out), *extra], cwd=ROOT, check=True)
+    return {**json.loads(out.read_text()), "cpu": cpu_name(), "cores": os.cpu_count()}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        serve = run("bench.serve", Path(tmp) / "serve.json", *sys.argv[1:2])
+        train = run("bench.train", Path(tmp) / "train.json")
+    text = render(serve, train, " ".join(["python -m bench.report", *sys.argv[1:]]),
+                  RESULTS.read_text() if RESULTS.exists() else "")
     RESULTS.write_text(text)
-    print("\n".join(lines))
+    print(text)
 
 
 if __name__ == "__main__":

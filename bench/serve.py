@@ -1,5 +1,8 @@
 """Serving benchmark: our gunicorn app vs the Flask + learn.predict baseline, same model, images and machine.
 
+Both servers run side by side and every load level is measured on both back to back, the order alternating, so
+each ratio comes from adjacent measurements rather than from runs minutes apart.
+
 Usage: .venv/bin/python -m bench.serve [--model runs/demo] [--images DIR] [--ood DIR] [--json out.json]
 
 With photos of none of the classes (--ood), it measures the traffic people send apart (bench/traffic.py): easy
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import requests
 import torch
+
+from training.devices import cpu_class
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "guitars"
@@ -116,27 +121,45 @@ def bare_forward_ms(model: str, images: list[Path], threads: int) -> dict[str, f
     return floors
 
 
-def measure_app(name: str, app: str, args_for_port, args, mixes: dict[str, list[Path]]) -> dict[str, dict]:
-    """One app's top-1 answers and load tests on every mix, from one server."""
+def interleaved(mixes: list[str], levels: list[int], apps: tuple[str, str]) -> list[tuple[str, int, tuple[str, str]]]:
+    """(mix, concurrency, order of the two apps) for every measurement: both apps back to back at each point, the
+    first of them alternating, so a machine that drifts moves both sides of a ratio alike."""
+    points = [(mix, level) for mix in mixes for level in levels]
+    return [(mix, level, apps if k % 2 == 0 else apps[::-1]) for k, (mix, level) in enumerate(points)]
+
+
+def top1_answers(servers: dict[str, Server], mixes: dict[str, list[Path]]) -> dict[str, dict[str, list[str]]]:
+    """Each app's top-1 label for every distinct photo of every mix."""
+    return {name: {mix: [post(server.url, p)[2] for p in dict.fromkeys(images)] for mix, images in mixes.items()}
+            for name, server in servers.items()}
+
+
+def measure_apps(apps: dict[str, tuple], args, mixes: dict[str, list[Path]]) -> tuple[dict[str, dict], str]:
+    """Both apps' top-1 answers and load tests on every mix, from one server each, measured interleaved (see
+    `interleaved`); also the runtime our app serves with."""
     levels = list(map(int, args.levels.split(",")))
-    server = Server(app, args_for_port, args.model, args.workers)
-    results = {}
+    servers = {}
     try:
+        for name, (app, args_for_port) in apps.items():
+            servers[name] = Server(app, args_for_port, args.model, args.workers)
         first = next(iter(mixes.values()))
-        server.wait(first[0])
-        for path in first[:4]:  # warm up every worker
-            post(server.url, path)
-        for mix, images in mixes.items():
-            labels = [post(server.url, p)[2] for p in dict.fromkeys(images)]
-            results[mix] = {"top1": labels, "levels": [load_test(server.url, images, c, max(48, 6 * c)) for c in levels]}
-            print(f"{name}, {mix}: " + "; ".join(
-                f"c={lv['concurrency']}: {lv['images_per_s']:.1f} img/s p50 {lv['p50_ms']:.0f} ms "
-                f"p95 {lv['p95_ms']:.0f} ms errors {lv['errors']}" for lv in results[mix]["levels"]), flush=True)
-        if name == "ours":
-            results["runtime"] = requests.get(server.url + "/api/v1/model", timeout=30).json()["runtime"]
+        for server in servers.values():
+            server.wait(first[0])
+            for path in first[:4]:  # warm up every worker
+                post(server.url, path)
+        answers = top1_answers(servers, mixes)
+        results = {name: {mix: {"top1": answers[name][mix], "levels": []} for mix in mixes} for name in servers}
+        for mix, level, order in interleaved(list(mixes), levels, tuple(servers)):
+            for name in order:
+                measured = load_test(servers[name].url, mixes[mix], level, max(48, 6 * level))
+                results[name][mix]["levels"].append({**measured, "measured_first": name == order[0]})
+                print(f"{name}, {mix}, c={level}: {measured['images_per_s']:.1f} img/s p50 {measured['p50_ms']:.0f} ms "
+                      f"p95 {measured['p95_ms']:.0f} ms errors {measured['errors']}", flush=True)
+        runtime = requests.get(servers["ours"].url + "/api/v1/model", timeout=30).json()["runtime"]
     finally:
-        server.stop()
-    return results
+        for server in servers.values():
+            server.stop()
+    return results, runtime
 
 
 def main() -> None:
@@ -162,15 +185,17 @@ def main() -> None:
         "baseline": ("bench.baseline_app:app",
                      lambda port: ["-w", str(args.workers), "-b", f"127.0.0.1:{port}", "--timeout", "300"]),
     }
-    measured = {name: measure_app(name, app, args_for_port, args, mixes) for name, (app, args_for_port) in apps.items()}
+    measured, served_runtime = measure_apps(apps, args, mixes)
     results = {"model": args.model, "images": str(args.images), "ood": str(args.ood) if args.ood else None,
                "blend": BLEND if "blend" in mixes else None, "workers": args.workers,
-               "machine": f"{os.cpu_count()} cores", "served_runtime": measured["ours"].pop("runtime"), "mixes": {}}
+               "machine": f"{os.cpu_count()} cores", "cpu_class": cpu_class(), "served_runtime": served_runtime,
+               "mixes": {}}
     for mix, images in mixes.items():
         ours, base = measured["ours"][mix], measured["baseline"][mix]
         results["mixes"][mix] = {
             "requests_from": len(set(images)), "apps": {"ours": ours, "baseline": base},
             "top1_identical": ours["top1"] == base["top1"],
+            # each pair measured back to back (see `interleaved`)
             "throughput_ratio": {lv["concurrency"]: lv["images_per_s"] / bl["images_per_s"]
                                  for lv, bl in zip(ours["levels"], base["levels"])}}
         print(f"{mix}: throughput ours/baseline " + ", ".join(

@@ -23,3 +23,11 @@ def test_round_robin_takes_one_photo_per_class_in_turn(tmp_path):
     paths = [tmp_path / cls / f"{k}.jpg" for cls in ("b", "a") for k in range(3)] + [tmp_path / "a" / "3.jpg"]
     order = round_robin(tmp_path, paths)
     assert [p.parent.name for p in order] == ["a", "b", "a", "b", "a", "b", "a"]
+
+
+def test_serving_measures_both_apps_back_to_back_in_alternating_order():
+    from bench.serve import interleaved
+
+    order = interleaved(["easy", "hard"], [1, 16], ("ours", "baseline"))
+    assert [(mix, level) for mix, level, _ in order] == [("easy", 1), ("easy", 16), ("hard", 1), ("hard", 16)]
+    assert [apps for _, _, apps in order] == [("ours", "baseline"), ("baseline", "ours")] * 2
