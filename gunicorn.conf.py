@@ -13,6 +13,12 @@ graceful_timeout = 30
 max_requests = int(os.environ.get("GUITARS_MAX_REQUESTS", 1000))
 max_requests_jitter = max(1, max_requests // 10)
 accesslog = "-"
+# The request id (webapp/logs.py) on every access line; GUITARS_LOG_FORMAT=json: one JSON object per line.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+if os.environ.get("GUITARS_LOG_FORMAT") == "json":
+    from webapp.logs import gunicorn_json_logger
+
+    logger_class = gunicorn_json_logger()
 errorlog = "-"
 loglevel = os.environ.get("GUITARS_LOG_LEVEL", "info")
 # No preload: torch must not start its thread pools in the master, because a fork after that can hang.
@@ -44,3 +50,23 @@ def post_worker_init(worker):
         limit_address_space(headroom_mb * 1024 * 1024)
 # gunicorn's control socket lives at one path per user: several servers on a machine would fight over it; unused here.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """One fresh folder for every worker's Prometheus counts (prometheus_client's multiprocess mode)."""
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:  # the operator's folder: counts of an earlier server would be added to ours
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="guitars-metrics.")
+
+
+def child_exit(server, worker):
+    """A worker that has gone no longer counts in the live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

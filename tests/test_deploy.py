@@ -102,6 +102,7 @@ def test_a_forged_forwarded_for_does_not_escape_the_rate_limit(trained_run, tmp_
         statuses = [requests.post(url + "/api/v1/predict", files={"file": ("p.jpg", photo)}, timeout=30,
                                   headers={"X-Forwarded-For": f"10.0.0.{k}"}).status_code for k in range(3)]
         server = requests.get(url + "/", timeout=10).headers.get("Server", "")
+        assert requests.get(url + "/metrics", timeout=10).status_code == 404  # scraped on loopback only
     assert statuses == [200, 200, 429]  # the app counts nginx's view of the client, not the client's claim
     assert server == "nginx"  # no version on show
 

@@ -33,7 +33,7 @@ def init_app(app: Flask) -> None:
     from training.cli import COMMANDS
     from training.decoding import allow_pixels
 
-    from . import api, errors, pages, review, security
+    from . import api, errors, logs, metrics, pages, review, security
     from .model import EXTENSION, ModelHolder
 
     app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
@@ -41,6 +41,8 @@ def init_app(app: Flask) -> None:
     allow_pixels(app.config["MAX_PIXELS"])  # Pillow's own guard must not refuse what the operator allowed
     security.init_app(app, csrf_exempt=[api.bp])  # the JSON API is cookie-less
     errors.init_app(app)
+    logs.init_app(app)
+    metrics.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     review.init_app(app)

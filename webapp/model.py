@@ -12,6 +12,8 @@ from flask import current_app
 from training.inference import ModelLoadError, Predictor
 from training.runfiles import REPORT, model_file
 
+from .metrics import record_model
+
 log = logging.getLogger(__name__)
 EXTENSION = "guitars_model"  # the holder's key in app.extensions; read it through model_holder()
 
@@ -50,6 +52,7 @@ class ModelHolder:
         # A model is the pair export.pkl + report.json. The stamp is taken before reading, so a pair caught
         # between its two writes (a SHA mismatch, refused) is read again once the second write lands.
         stamp = self._file_stamp()
+        started = time.perf_counter()
         try:
             predictor = Predictor.load(self.path, runtime=self.runtime, tta=self.tta)
         except ModelLoadError as exc:
@@ -60,6 +63,7 @@ class ModelHolder:
                 log.error("keeping the previous model; the new file failed to load: %s", exc)
         else:
             self._predictor, self._error = predictor, None  # one reference swap: readers see old or new
+            record_model(predictor.sha256, predictor.runtime, time.perf_counter() - started)
             log.info("loaded model %s (sha256 %s, %s, %s runtime)", self.path, predictor.sha256,
                      predictor.meta.get("backbone"), predictor.runtime)
         self._stamp, self._attempted = stamp, True

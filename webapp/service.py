@@ -10,6 +10,7 @@ from flask import current_app, g, request
 from training.inference import Predictor
 
 from .decoders import DecoderPool, decoder_pool
+from .metrics import record_results
 from .model import model_holder
 from .uploads import DecodeLimits, Upload, parse_top_k, read_uploads
 
@@ -94,6 +95,7 @@ def classify_request() -> tuple[Predictor, list[Upload], list[dict]]:
     uploads = read_uploads(request.files.getlist("file"), current_decoders(), decode_limits())
     decoded = time.perf_counter()
     results = classify(predictor, uploads, top_k)
+    record_results(results)
     # Where a request's time went, for the Server-Timing header: operators and bench/serve.py read it.
     g.server_timing = {"decode": decoded - started, "model": time.perf_counter() - decoded}
     return predictor, uploads, results

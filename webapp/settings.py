@@ -86,6 +86,7 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
         # None: the model's own line. 0 is a line too: never "not sure".
         "UNSURE_BELOW": _env_probability(env, "GUITARS_UNSURE_BELOW"),
         "RATE_LIMIT_PER_MINUTE": _env_number(env, "GUITARS_RATE_LIMIT", 0),
+        "LOG_FORMAT": _env_choice(env, "GUITARS_LOG_FORMAT", ("text", "json")),
         "PROXY_HOPS": _env_number(env, "GUITARS_PROXY_HOPS", 0),
         "SECRET_KEY": secret or development_secret(instance_dir),
         # The review page (webapp/review.py) exists only when both are set; `flask review` sets them itself.
