@@ -62,7 +62,9 @@ def on_starting(server):
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
     else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="guitars-metrics.")
+        # In memory where there is a tmpfs: every counted request writes its file, and nothing of it is worth a disk.
+        shared_memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="guitars-metrics.", dir=shared_memory)
 
 
 def child_exit(server, worker):
@@ -70,3 +72,12 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """The counts die with the server: its folder goes (an operator's own folder is emptied at the next start)."""
+    import shutil
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(folder).startswith("guitars-metrics."):
+        shutil.rmtree(folder, ignore_errors=True)
