@@ -11,7 +11,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pebble import ProcessExpired, ProcessPool
 from PIL import Image
 
-from training.decoding import ImageTooComplex, decode_to_bytes, prepare_decoder
+from training.decoding import ImageTooComplex, NotAnImage, decode_to_bytes, prepare_decoder
 
 MEGABYTE = 1024 * 1024
 WARM_UP = b"P5 1 1 255 \x80"  # the smallest image there is: a 1x1 grey PGM (refused as a format, decoded all the same)
@@ -32,7 +32,9 @@ class DecoderPool:
                                  context=multiprocessing.get_context("spawn"))
         # Started now, not by the first upload: a decoder's start-up (a third of a second) must not eat its deadline.
         for future in [self._pool.schedule(decode_to_bytes, (WARM_UP, max_pixels)) for _ in range(workers)]:
-            future.exception(timeout=60)  # NotAnImage, as expected: what counts is that a decoder answered
+            error = future.exception(timeout=60)  # NotAnImage, as expected: what counts is that a decoder answered
+            if not isinstance(error, NotAnImage):
+                raise RuntimeError(f"the decoder processes did not start: {error!r}")
 
     def decode(self, data: bytes, max_pixels: int, seconds: float) -> tuple[Image.Image, int]:
         """The upright RGB image and its file's pixel count, or an `ImageError` within `seconds`."""
