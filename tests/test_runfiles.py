@@ -16,14 +16,17 @@ from training.runfiles import (
     REPORT,
     SCHEMA_VERSION,
     RunFileError,
+    RunState,
     Split,
     SplitRow,
+    StageRecord,
     read_report,
     read_split,
     read_state,
     validation_paths,
     write_report,
     write_split,
+    write_state,
 )
 from webapp import create_app
 from webapp.settings import load_settings
@@ -177,8 +180,63 @@ def test_the_split_is_read_and_written_as_typed_rows(trained_run, tmp_path):
 
 def test_the_run_state_is_read_through_runfiles(trained_run, tmp_path):
     state = read_state(trained_run)
-    assert state["exported"] is True and len(state["completed"]) == 2
+    assert state.exported is True and len(state.completed) == 2
+    assert all(isinstance(record, StageRecord) for record in state.completed)
+    assert [record.to_json() for record in state.completed] == read_report(trained_run)["stages"]
     assert read_state(tmp_path) is None
     (tmp_path / "state.json").write_text("{half")
     with pytest.raises(RunFileError, match="state.json is not valid JSON"):
         read_state(tmp_path)
+
+
+# The keys state.json had when it was a plain dict, and those of each stage in it (lr_found and budget when present).
+OLD_STATE_KEYS = {"recipe", "dataset_fingerprint", "pretrained", "completed", "exported", "started"}
+OLD_STAGE_KEYS = {"stage", "backbone", "size", "bs", "frozen", "frozen_groups", "train_bn", "lr", "epochs"}
+
+
+def test_the_run_state_operations_write_the_file_as_before(tmp_path):
+    state = RunState(recipe={"name": "r", "stages": []}, dataset_fingerprint="f", pretrained=True, started="now")
+    assert set(state.to_json()) == OLD_STATE_KEYS and state.to_json()["completed"] == []
+    epochs = [{"epoch": 1, "seconds": 2.0}, {"epoch": 2, "seconds": 3.0}]
+    state.mark_running("one", epochs[:1])
+    write_state(tmp_path, state)
+    assert read_state(tmp_path).to_json()["running"] == {"stage": "one", "seconds": 2.0}
+    state.complete_stage(StageRecord("one", "b", 64, 16, True, 0, False, 1e-3, lr_found=1e-3, epochs=epochs))
+    assert state.running is None and state.epoch_seconds == 5.0
+    state.mark_running("two", epochs[:1])
+    state.record_lost_seconds()  # a resumed run: stage two's finished epoch is redone, its time counted
+    state.record_lost_seconds()  # only once
+    assert state.running is None and state.lost_seconds == 2.0 and state.spent_seconds == 7.0
+    state.mark_exported()
+    write_state(tmp_path, state)
+    stored = json.loads((tmp_path / "state.json").read_text())
+    assert set(stored) == OLD_STATE_KEYS | {"lost_seconds"} and stored["exported"] is True
+    assert set(stored["completed"][0]) == OLD_STAGE_KEYS | {"lr_found"}
+    assert read_state(tmp_path) == state
+    (tmp_path / "state.json").write_text('{"completed": []}')
+    with pytest.raises(RunFileError, match="not a state file"):
+        read_state(tmp_path)
+
+
+def test_a_run_whose_state_was_written_before_the_types_still_resumes(runner, trained_run, demo_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    first = read_report(trained_run)["stages"][0]
+    assert set(first) == OLD_STAGE_KEYS
+    # state.json as the plain-dict code wrote it: killed during stage 2, after one finished epoch of it.
+    typed = read_state(trained_run)
+    (run / "state.json").write_text(json.dumps({
+        "recipe": typed.recipe, "dataset_fingerprint": typed.dataset_fingerprint, "pretrained": True,
+        "completed": [first], "exported": False, "started": "2026-12-01T22:00:00+00:00",
+        "running": {"stage": "unfrozen-64", "seconds": 1.5}}))
+    (run / EXPORT).unlink()
+    (run / "checkpoints" / "stage-2.pth").unlink()
+    result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", "smoke", "--out", str(run),
+                                 "--resume", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "frozen-64: done earlier, skipped" in result.output and "stage 2/2 unfrozen-64" in result.output
+    report = read_report(run)
+    assert report["stages"][0] == first and report["stages"][1]["stage"] == "unfrozen-64"
+    stored = json.loads((run / "state.json").read_text())
+    assert stored["exported"] is True and stored["lost_seconds"] == 1.5 and "running" not in stored
+    assert stored["started"] == "2026-12-01T22:00:00+00:00" and stored["completed"] == report["stages"]

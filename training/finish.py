@@ -40,7 +40,7 @@ def finish_run(learn, run: Run) -> dict:
                           run.out / CONFUSION_MATRIX_PNG)
     report = build_report(run, learn, metrics, calibration, trained_at, model_sha)
     report = write_report(run.out, {**report, "scope": scope})
-    run.state["exported"] = True
+    run.state.mark_exported()
     save_state(run)
     run.echo(summary_text(report))
     return report

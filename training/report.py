@@ -8,7 +8,7 @@ import torch
 
 from .backbones import get_backbone
 from .runfiles import Report
-from .runstate import Run, epoch_seconds
+from .runstate import Run
 
 REPORTED_PACKAGES = ("torch", "torchvision", "fastai", "timm", "pillow", "numpy")
 
@@ -48,11 +48,11 @@ def build_report(run: Run, learn, metrics: dict, calibration: dict, trained_at: 
                  "train_images": len(learn.dls.train_ds), "valid_images": len(learn.dls.valid_ds),
                  "unreadable": len(scan.unreadable), "counts": scan.counts(),
                  "decisions": scan.decisions.as_dict() if scan.decisions else None},
-        stages=run.completed,
+        stages=[record.to_json() for record in run.completed],
         validation=metrics,
         calibration=calibration,
         unsure_below=calibration["unsure_below"],
-        training_seconds=round(epoch_seconds(run.completed), 1),
+        training_seconds=round(run.state.epoch_seconds, 1),
         precision=run.precision,
         device=str(learn.dls.device),
         cuda_max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,

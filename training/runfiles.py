@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
@@ -66,7 +66,7 @@ class Report(TypedDict, total=False):
     weights: str
     split_seed: int
     dataset: dict
-    stages: list[dict]
+    stages: list[dict]  # StageRecord.to_json() of each stage
     validation: Validation
     calibration: dict
     unsure_below: float
@@ -102,17 +102,103 @@ class Split:
         return [row.path for row in self.rows if row.is_valid == valid]
 
 
-class RunState(TypedDict, total=False):
-    """`state.json`: what `--resume` needs to know about a run in progress (`training.runstate`)."""
+@dataclass
+class StageRecord:
+    """One finished stage of a run, as `state.json` keeps it and `report.json` lists it under "stages": what it
+    trained, its learning rate (and the one lr_find suggested), its budget (elastic stages) and its epochs."""
+
+    stage: str
+    backbone: str
+    size: int
+    bs: int
+    frozen: bool
+    frozen_groups: int
+    train_bn: bool
+    lr: float | list[float] | str  # a number, a [low, high] pair, or "find"
+    lr_found: float | None = None
+    budget: dict | None = None  # how an elastic stage's epochs were decided (training.stage.budgeted_fit)
+    epochs: list[dict] = field(default_factory=list)  # the per-epoch table (training.stage.EpochTable)
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent in this stage's epochs (validation included)."""
+        return epoch_table_seconds(self.epochs)
+
+    def to_json(self) -> dict:
+        """The record as stored: lr_found and budget only when the stage has them."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("lr_found", "budget")}
+
+    @classmethod
+    def from_json(cls, stored: dict) -> StageRecord:
+        return cls(**stored)
+
+
+def epoch_table_seconds(rows: list[dict]) -> float:
+    """Seconds spent in the epochs of a per-epoch table."""
+    return sum(row["seconds"] for row in rows)
+
+
+@dataclass
+class RunState:
+    """`state.json`: what `--resume` needs to know about a run in progress, and the operations a run performs on it
+    (`training.runstate` makes, checks and saves it)."""
 
     recipe: dict
     dataset_fingerprint: str
     pretrained: bool
-    completed: list[dict]  # one entry per finished stage, with its epochs
-    exported: bool
     started: str
-    running: dict  # the stage in progress: its name and the seconds of its finished epochs
-    lost_seconds: float  # epochs that killed processes did not finish, counted for an elastic stage's budget
+    completed: list[StageRecord] = field(default_factory=list)
+    exported: bool = False
+    running: dict | None = None  # the stage in progress: its name and the seconds of its finished epochs
+    lost_seconds: float = 0.0  # epochs that killed processes did not finish, counted for an elastic stage's budget
+
+    def mark_running(self, stage_name: str, rows: list[dict]) -> None:
+        """Note the running stage's finished epochs (a resumed run counts them as spent)."""
+        self.running = {"stage": stage_name, "seconds": epoch_table_seconds(rows)}
+
+    def complete_stage(self, record: StageRecord) -> None:
+        """A stage finished: record it; nothing is running any more."""
+        self.completed.append(record)
+        self.running = None
+
+    def record_lost_seconds(self) -> None:
+        """On resume: the epochs of a stage that a killed process did not finish are redone, but their time counts
+        for the budget."""
+        if self.running:
+            self.lost_seconds += self.running["seconds"]
+        self.running = None
+
+    def mark_exported(self) -> None:
+        self.exported = True
+
+    @property
+    def epoch_seconds(self) -> float:
+        """Seconds spent in the epochs of the completed stages (validation included)."""
+        return sum(record.seconds for record in self.completed)
+
+    @property
+    def spent_seconds(self) -> float:
+        """Time spent by the processes of this run so far: every finished epoch, completed stage or not."""
+        return self.epoch_seconds + self.lost_seconds
+
+    def to_json(self) -> dict:
+        """The state as stored: "running" only while a stage runs, "lost_seconds" only once some were lost."""
+        stored = {"recipe": self.recipe, "dataset_fingerprint": self.dataset_fingerprint,
+                  "pretrained": self.pretrained, "completed": [record.to_json() for record in self.completed],
+                  "exported": self.exported, "started": self.started}
+        if self.running is not None:
+            stored["running"] = self.running
+        if self.lost_seconds:
+            stored["lost_seconds"] = self.lost_seconds
+        return stored
+
+    @classmethod
+    def from_json(cls, stored: dict) -> RunState:
+        return cls(recipe=stored["recipe"], dataset_fingerprint=stored["dataset_fingerprint"],
+                   pretrained=stored["pretrained"], started=stored.get("started", ""),
+                   completed=[StageRecord.from_json(record) for record in stored.get("completed", [])],
+                   exported=stored.get("exported", False), running=stored.get("running"),
+                   lost_seconds=stored.get("lost_seconds", 0.0))
 
 
 # What serving cannot do without; the other keys are descriptive (older exports may lack some).
@@ -195,15 +281,20 @@ def validation_paths(run_dir: Path) -> set[str]:
 
 def write_state(out: Path, state: RunState) -> None:
     """Write `state.json` atomically."""
-    write_json(out / STATE, state)
+    write_json(out / STATE, state.to_json())
 
 
 def read_state(out: Path) -> RunState | None:
     """A run's saved state, or None when it has none (a run that has not started)."""
     path = out / STATE
     try:
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except ValueError as exc:
         raise RunFileError(f"{path} is not valid JSON ({exc}): delete the run directory, or choose another --out") from exc
+    try:
+        return RunState.from_json(stored)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise RunFileError(f"{path} is not a state file written by this project ({exc!r}): delete the run "
+                           f"directory, or choose another --out") from exc

@@ -16,7 +16,7 @@ from .distributed import this_process_only
 from .finish import finish_run
 from .recipes import Recipe
 from .runfiles import EXPORT, read_report
-from .runstate import Run, epoch_seconds, load_state, split_frame
+from .runstate import Run, load_state, split_frame
 from .stage import final_learner, train_stage
 
 
@@ -36,7 +36,7 @@ def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options:
     """Train every stage of `recipe` on `data_dir`, write the run directory's files, and return the report."""
     started = time.monotonic()
     run = prepare_run(data_dir, recipe, Path(out), options or TrainOptions(), echo)
-    if run.state["exported"] and (run.out / EXPORT).exists():
+    if run.state.exported and (run.out / EXPORT).exists():
         run.echo(f"{run.out} is already complete; nothing to do.")
         return read_report(run.out)
     run.started = started
@@ -67,8 +67,8 @@ def prepare_run(data_dir: str | Path, recipe: Recipe, out: Path, options: TrainO
     state = load_state(out, recipe, scan, options.resume, options.pretrained)
     run = Run(recipe=recipe, out=out, scan=scan, frame=None, state=state, device=device, precision=precision,
               pretrained=options.pretrained, progress=options.progress, is_main=is_main, echo=echo,
-              spent_before=epoch_seconds(state["completed"]) + state.get("lost_seconds", 0.0))
-    if state["exported"] and (out / EXPORT).exists():
+              spent_before=state.spent_seconds)
+    if state.exported and (out / EXPORT).exists():
         return run
     if options.pretrained:  # fail before any work if a backbone's weights are missing
         for name in dict.fromkeys(s.backbone for s in recipe.stages):

@@ -13,7 +13,17 @@ import torch
 from .dataset import DatasetScan, split_items
 from .fsutil import atomic_path
 from .recipes import Recipe
-from .runfiles import RunState, Split, SplitRow, checkpoint_file, read_split, read_state, write_split, write_state
+from .runfiles import (
+    RunState,
+    Split,
+    SplitRow,
+    StageRecord,
+    checkpoint_file,
+    read_split,
+    read_state,
+    write_split,
+    write_state,
+)
 
 
 class RunError(RuntimeError):
@@ -40,8 +50,8 @@ class Run:
     spent_before: float = 0.0
 
     @property
-    def completed(self) -> list[dict]:
-        return self.state["completed"]
+    def completed(self) -> list[StageRecord]:
+        return self.state.completed
 
 
 def split_frame(scan: DatasetScan, recipe: Recipe, out: Path, resume: bool, write: bool = True) -> pd.DataFrame:
@@ -68,24 +78,19 @@ def load_state(out: Path, recipe: Recipe, scan: DatasetScan, resume: bool, pretr
     state = read_state(out)
     if state is None:
         return RunState(recipe=recipe.to_dict(), dataset_fingerprint=scan.fingerprint(), pretrained=pretrained,
-                        completed=[], exported=False,
                         started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     if not resume:
-        done = len(state.get("completed", []))
         raise RunError(
-            f"{out} already holds a run ({done} of {len(state['recipe']['stages'])} stages done); "
+            f"{out} already holds a run ({len(state.completed)} of {len(state.recipe['stages'])} stages done); "
             f"pass --resume to continue it, or choose another --out"
         )
-    if state["recipe"] != json.loads(json.dumps(recipe.to_dict())):  # compare as JSON: tuples became lists
+    if state.recipe != json.loads(json.dumps(recipe.to_dict())):  # compare as JSON: tuples became lists
         raise RunError(f"cannot resume: the recipe differs from the one {out} was started with")
-    if state["dataset_fingerprint"] != scan.fingerprint():
+    if state.dataset_fingerprint != scan.fingerprint():
         raise RunError(f"cannot resume: the data folder changed since {out} was started")
-    if state["pretrained"] != pretrained:
+    if state.pretrained != pretrained:
         raise RunError("cannot resume: --pretrained/--no-pretrained differs from the original run")
-    # Epochs of a stage that a killed process did not finish: redone now, but their time counts for the budget.
-    running = state.pop("running", None)
-    if running:
-        state["lost_seconds"] = state.get("lost_seconds", 0.0) + running["seconds"]
+    state.record_lost_seconds()
     return state
 
 
@@ -96,13 +101,8 @@ def save_state(run: Run) -> None:
 
 def save_progress(run: Run, stage_name: str, rows: list[dict]) -> None:
     """Note the running stage's finished epochs in the run state (a resumed run counts them as spent)."""
-    run.state["running"] = {"stage": stage_name, "seconds": epoch_seconds([{"epochs": rows}])}
+    run.state.mark_running(stage_name, rows)
     save_state(run)
-
-
-def epoch_seconds(completed: list[dict]) -> float:
-    """Seconds spent in the epochs of the completed stages (validation included)."""
-    return sum(row["seconds"] for stage in completed for row in stage["epochs"])
 
 
 def save_checkpoint(model: torch.nn.Module, out: Path, stage_number: int) -> None:

@@ -19,7 +19,7 @@ from .distributed import data_parallel, rank0_choice
 from .fsutil import atomic_path
 from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss, set_trainable
 from .recipes import Stage
-from .runfiles import lr_find_png
+from .runfiles import StageRecord, lr_find_png
 from .runstate import Run, load_checkpoint, save_checkpoint, save_progress, save_state
 
 LR_FIND_STEPS, LR_FIND_MIN_STEPS, LR_FIND_PASSES = 100, 30, 5
@@ -121,7 +121,7 @@ def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[int, ClockSchedule | No
     plan = plan_epochs(run.recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs,
                        finish_seconds=probe.scope_seconds)
     run.echo(plan.describe())
-    budget = {**asdict(plan), "lost_seconds": run.state.get("lost_seconds", 0.0), "probe": asdict(probe)}
+    budget = {**asdict(plan), "lost_seconds": run.state.lost_seconds, "probe": asdict(probe)}
     fit_seconds = rank0_choice(plan.fit_seconds)
     if fit_seconds is None:
         return stage.epochs[0], None, budget
@@ -137,15 +137,15 @@ def train_stage(run: Run, index: int, learn=None):
         learn.logger = noop  # EpochTable echoes a readable line per epoch instead of fastai's raw lists
     cbs = precision_callbacks(run)
     set_trainable(learn, stage.frozen, stage.frozen_groups, stage.train_bn)
-    record = {"stage": stage.name, "backbone": stage.backbone, "size": stage.size, "bs": stage.bs,
-              "frozen": stage.frozen, "frozen_groups": stage.frozen_groups, "train_bn": stage.train_bn,
-              "lr": stage.lr}
+    record = StageRecord(stage=stage.name, backbone=stage.backbone, size=stage.size, bs=stage.bs,
+                         frozen=stage.frozen, frozen_groups=stage.frozen_groups, train_bn=stage.train_bn,
+                         lr=stage.lr)
     if stage.lr == "find":
-        record["lr_found"] = find_lr(learn, run, stage.name, cbs)
-        run.echo(f"  lr_find suggests {record['lr_found']:.2e}")
+        record.lr_found = find_lr(learn, run, stage.name, cbs)
+        run.echo(f"  lr_find suggests {record.lr_found:.2e}")
     epochs, clock = stage.epochs, []
     if stage.elastic:
-        epochs, schedule, record["budget"] = budgeted_fit(learn, run, stage)
+        epochs, schedule, record.budget = budgeted_fit(learn, run, stage)
         clock = [schedule] if schedule else []
     length = f"up to {epochs} epochs, annealed on the clock" if clock else f"{epochs} epochs"
     run.echo(f"stage {index + 1}/{len(run.recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
@@ -153,13 +153,12 @@ def train_stage(run: Run, index: int, learn=None):
     table = EpochTable(None if run.progress else run.echo, partial(save_progress, run, stage.name) if run.is_main else None)
     started = time.monotonic()
     with data_parallel(learn, run.device, run.echo):
-        learn.fit_one_cycle(epochs, stage.lr_for_fit(record.get("lr_found")), cbs=[*cbs, *clock, table])
+        learn.fit_one_cycle(epochs, stage.lr_for_fit(record.lr_found), cbs=[*cbs, *clock, table])
     if clock:
-        record["budget"].update(fit_seconds_used=round(time.monotonic() - started, 2),
-                                stopped_on_clock=clock[0].stopped_early)
-    record["epochs"] = table.rows
-    run.completed.append(record)
-    run.state.pop("running", None)
+        record.budget.update(fit_seconds_used=round(time.monotonic() - started, 2),
+                             stopped_on_clock=clock[0].stopped_early)
+    record.epochs = table.rows
+    run.state.complete_stage(record)
     if run.is_main:
         save_checkpoint(learn.model, run.out, index + 1)
         save_state(run)
