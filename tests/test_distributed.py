@@ -12,6 +12,7 @@ import torch
 from tests.helpers import ROOT
 from training.inference import Predictor
 from training.learner import build_model
+from training.runfiles import read_report
 
 # Loaded into every process of the launch (a sitecustomize on PYTHONPATH): logs each file a process creates, opens
 # for writing or renames under WRITES_UNDER, to WRITES_LOG/rank-<RANK>.txt.
@@ -77,8 +78,8 @@ def test_accelerate_two_processes_train_together_and_only_rank_0_writes(demo_dat
     distributed, single = Predictor.load(out), Predictor.load(trained_run)
     assert type(distributed.learn) is type(single.learn) and type(distributed.model) is type(single.model)
     assert distributed.classes == single.classes and distributed.size == single.size
-    report = json.loads((out / "report.json").read_text())
-    assert set(report) == set(json.loads((trained_run / "report.json").read_text()))
+    report = read_report(out)
+    assert set(report) == set(read_report(trained_run))
     assert json.loads((out / "split.json").read_text()) == json.loads((trained_run / "split.json").read_text())
 
     # The steps changed the body: its weights are no longer the ImageNet ones it started from.

@@ -11,6 +11,7 @@ import torch
 
 from tests.helpers import elastic_recipe
 from training.fsutil import atomic_path
+from training.runfiles import read_report
 from webapp import create_app
 
 
@@ -42,7 +43,7 @@ def test_run_killed_between_stages_resumes_to_the_same_files(demo_data, trained_
     assert "done earlier, skipped" in resumed
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert files == sorted(p.name for p in trained_run.iterdir() if not p.name.startswith("."))
-    report = json.loads((out / "report.json").read_text())
+    report = read_report(out)
     assert [s["stage"] for s in report["stages"]] == ["frozen-64", "unfrozen-64"]
 
 
@@ -117,7 +118,7 @@ def test_resumed_run_counts_the_killed_stages_epochs_against_its_budget(demo_dat
     assert lost > 0
 
     resume_in_process(command)
-    fixed, elastic = json.loads((out / "report.json").read_text())["stages"]
+    fixed, elastic = read_report(out)["stages"]
     assert len(fixed["epochs"]) == 3  # the killed stage was redone from its start
     assert elastic["budget"]["lost_seconds"] == pytest.approx(lost)
     assert elastic["budget"]["spent_seconds"] >= sum(e["seconds"] for e in fixed["epochs"]) + lost

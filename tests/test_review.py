@@ -12,6 +12,7 @@ import requests
 from tests.helpers import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, ROOT, PageWatch, free_port, wait_ready
 from training.dataset import scan_dataset
 from training.labels import read_decisions, record_decision, undo_last_decision
+from training.runfiles import read_report
 from webapp import create_app
 
 TOKEN = "test-review-token"
@@ -202,7 +203,7 @@ def test_relabel_exclude_undo_in_the_browser_then_training_honours_it(review_ser
     finally:
         (data / "classes.toml").unlink()
     assert trained.exit_code == 0, trained.output
-    report = json.loads((out / "report.json").read_text())
+    report = read_report(out)
     assert report["dataset"]["decisions"]["relabelled"] == 1 and report["dataset"]["decisions"]["excluded"] == 1
     assert report["names"]["flying_v"] == "Gibson Flying V" and report["names"]["les_paul"] == "Les Paul"
     split = {row["path"]: row["label"] for row in json.loads((out / "split.json").read_text())["items"]}

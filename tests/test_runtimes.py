@@ -21,7 +21,6 @@ from training.runtimes import (
     GuardedForward,
     RuntimeUnavailable,
     agreement,
-    guarded_forward,
     make_forward,
     torch_forward,
 )
@@ -125,7 +124,7 @@ def test_guard_recomputes_exactly_the_unconfident_rows():
         return exact(batch) + torch.tensor([0.25, 0.0, 0.0])
 
     batch = logits[:, :, None, None].expand(-1, -1, 2, 2).clone()
-    got = guarded_forward(fast, exact)(batch)
+    got = GuardedForward(fast, exact)(batch)
     assert calls == [len(logits), 2]  # the fast pass did every row, the exact pass only the two unsure ones
     torch.testing.assert_close(got[[1, 3]], logits[[1, 3]])
     torch.testing.assert_close(got[[0, 2]], logits[[0, 2]] + torch.tensor([0.25, 0.0, 0.0]))
@@ -144,7 +143,7 @@ def test_guard_also_recomputes_the_rows_its_close_call_marks():
     def near_zero(output):  # say the decision is "score >= 0"; bf16 could flip it within 1 of the line
         return output[:, 3].abs() < 1.0
 
-    got = guarded_forward(fast, exact, n_classes=3, close_call=near_zero)(batch)
+    got = GuardedForward(fast, exact, n_classes=3, close_call=near_zero)(batch)
     torch.testing.assert_close(got[0], logits[0] + torch.tensor([0.0, 0.0, 0.0, 0.5]))  # far from the line: kept
     torch.testing.assert_close(got[1], logits[1])
 

@@ -18,6 +18,7 @@ from training.imaging import open_image, square_pad
 from training.inference import Predictor
 from training.learner import GuitarModel
 from training.mistakes import mistake_rows
+from training.runfiles import read_report
 from training.runtimes import probability_tolerance
 
 
@@ -29,7 +30,7 @@ def test_run_writes_every_output(trained_run):
 
 
 def test_report_has_the_blogs_table_and_validation_metrics(trained_run):
-    report = json.loads((trained_run / "report.json").read_text())
+    report = read_report(trained_run)
     assert report["classes"] == sorted(SMOKE_CLASSES)
     assert [s["stage"] for s in report["stages"]] == ["frozen-64", "unfrozen-64"]
     row = report["stages"][0]["epochs"][0]
@@ -49,7 +50,7 @@ def test_report_has_the_blogs_table_and_validation_metrics(trained_run):
 
 
 def test_mistakes_csv_lists_exactly_the_misclassified_validation_photos(trained_run):
-    report = json.loads((trained_run / "report.json").read_text())
+    report = read_report(trained_run)
     with open(trained_run / "mistakes.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     matrix = np.array(report["validation"]["confusion_matrix"])
@@ -123,7 +124,7 @@ def test_resume_skips_completed_stages_and_finishes(runner, trained_run, demo_da
     assert "frozen-64: done earlier, skipped" in result.output
     assert "stage 2/2 unfrozen-64" in result.output
     assert (run / "export.pkl").is_file()
-    report = json.loads((run / "report.json").read_text())
+    report = read_report(run)
     assert [s["stage"] for s in report["stages"]] == ["frozen-64", "unfrozen-64"]
     # Stage 1's weights were the starting point, not a fresh ImageNet body.
     assert torch.equal(stage1["0.0.weight"], torch.load(run / "checkpoints" / "stage-1.pth", weights_only=True)["0.0.weight"])
@@ -139,7 +140,7 @@ def test_elastic_last_stage_runs_as_many_epochs_as_the_budget_allows(runner, dem
     result = runner.invoke(args=["train", "--data", str(demo_data), "--recipe", str(recipe),
                                  "--out", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    report = read_report(tmp_path / "run")
     last = report["stages"][-1]
     assert len(last["epochs"]) == last["budget"]["epochs"] == epochs
     # room for every epoch: given the rest of the budget, and the clock let fastai's own schedule run out
@@ -281,7 +282,7 @@ def _train_one_stage(runner, demo_data, tmp_path, name: str, settings: str, *opt
 def test_lr_find_stage_saves_its_plot_and_uses_the_suggestion(runner, demo_data, tmp_path):
     result, out = _train_one_stage(runner, demo_data, tmp_path, "find-64", 'frozen = true\nepochs = 1\nlr = "find"\n')
     assert (out / "lr_find-find-64.png").read_bytes()[:4] == b"\x89PNG"
-    stage = json.loads((out / "report.json").read_text())["stages"][0]
+    stage = read_report(out)["stages"][0]
     assert stage["lr"] == "find" and 1e-7 < stage["lr_found"] < 10
     assert f"lr_find suggests {stage['lr_found']:.2e}" in result.output
 

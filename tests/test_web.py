@@ -13,6 +13,7 @@ from tests.helpers import SMOKE_CLASSES, encode, upload
 from training.devices import cpu_has_native_bf16
 from training.imaging import open_image
 from training.inference import Predictor
+from training.runfiles import read_report
 from training.runtimes import probability_tolerance
 from webapp import create_app
 from webapp.model import EXTENSION
@@ -213,7 +214,7 @@ def test_a_new_model_caught_between_its_two_files_is_loaded_once_both_land(train
     new_learner = Predictor.load(new, runtime="torch").learn  # a different model: same weights, new bytes
     new_learner.meta = {**new_learner.meta, "recipe": "retrained"}
     new_learner.export(new / "export.pkl")
-    report = json.loads((new / "report.json").read_text())
+    report = read_report(new)
     report["model_sha256"] = hashlib.sha256((new / "export.pkl").read_bytes()).hexdigest()
     app = create_app({"TESTING": True, "MODEL_PATH": str(old), "RUNTIME": "torch"})
     holder = app.extensions[EXTENSION]

@@ -110,7 +110,8 @@ def plan_epochs(budget_seconds: float, spent_seconds: float, epoch_seconds: floa
                 finish_seconds: float = 0.0) -> EpochPlan:
     """As many epochs as fit in what is left of the budget after a reserve for the final evaluation and export."""
     # The final evaluation is one validation pass at the last size plus the export: a fifth of an epoch covers it
-    # with room (validation is about a tenth of an epoch here), and the minute absorbs a slower disk.
+    # with room (validation is a small part of an epoch: docs/experiments.md, "Figures behind code"), and the
+    # minute absorbs a slower disk.
     # `finish_seconds`: other work at the end, such as the scope detector's feature pass.
     reserve = 0.2 * epoch_seconds + 60.0 + finish_seconds
     room = budget_seconds - spent_seconds - reserve

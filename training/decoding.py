@@ -36,7 +36,8 @@ FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "HEIF", "AVIF", "BMP",
 MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L",
          "I;16N"}
 # Each progressive JPEG scan costs time over every block of the image, whatever its size in bytes: a file repeating
-# a tiny scan thousands of times holds a thread for a minute. Scans x pixels bounds decode time (~1 s here).
+# a tiny scan thousands of times holds a thread for long. Scans x pixels bounds decode time (docs/experiments.md,
+# "Figures behind code").
 MAX_JPEG_SCAN_PIXELS = 1_000_000_000
 JPEG_SOS = b"\xff\xda"  # start-of-scan marker; entropy-coded data stuffs every 0xFF, so it cannot fake one
 # Pillow parses JPEG and PNG headers one segment (or fill byte) per Python loop turn, and joins Exif segments

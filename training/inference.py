@@ -1,11 +1,8 @@
-"""Load an exported learner once and predict fast: batched, no per-call DataLoader, thread-safe, with Grad-CAM."""
+"""Serve a loaded model (`training.loading`) fast: batched, no per-call DataLoader, thread-safe, with Grad-CAM."""
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +12,14 @@ from PIL import Image
 
 from .classnames import names_for
 from .imaging import to_batch
+from .loading import LoadedModel, ModelLoadError, load_model
 from .openset import ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures
-from .runfiles import REPORT, RunFileError, check_meta, model_file, read_report
+from .runfiles import ModelMeta, Report
 from .runtimes import BF16_SCOPE_MARGIN, RuntimeUnavailable, make_forward
 
 log = logging.getLogger(__name__)
 DEFAULT_UNSURE_BELOW = 0.5  # for a model exported with no fitted "not sure" line, and none in its report either
-
-
-class ModelLoadError(RuntimeError):
-    """The model file is missing, corrupt, tampered with, or not a learner."""
+__all__ = ["ModelLoadError", "Prediction", "Predictor"]  # ModelLoadError: raised by `Predictor.load`
 
 
 @dataclass(frozen=True)
@@ -59,27 +54,26 @@ class Prediction:
 class Predictor:
     """An exported fastai learner ready to serve: eval mode, shared preprocessing, the fastest runtime that agrees."""
 
-    def __init__(self, learn, report: dict | None = None, path: Path | None = None, runtime: str = "torch",
-                 tta: bool = False):
+    def __init__(self, model: LoadedModel, runtime: str = "torch", tta: bool = False):
+        learn, meta = model.learn, model.meta
         self.learn = learn
         self.tta = tta
         self.model = learn.model.eval()
-        self.report = report or {}
-        self.path = path
-        self.sha256: str | None = None  # of the bytes actually loaded; set by `load`
-        meta = getattr(learn, "meta", None) or {}
-        self.classes: list[str] = list(meta.get("classes") or learn.dls.vocab)
+        self.report: Report = model.report
+        self.path = model.path
+        self.sha256 = model.sha256  # of the bytes actually loaded
+        self.classes: list[str] = list(meta["classes"])
         self.names: dict[str, str] = names_for(self.classes, meta.get("names"))
         self.size: int = int(meta["size"])
         self.mean = tuple(meta["mean"])
         self.std = tuple(meta["std"])
         self.temperature: float = float(meta.get("temperature", 1.0))
-        self.meta = meta
+        self.meta: ModelMeta = meta
         self.unsure_below, unsure_source = self._unsure_below(meta, self.report)
         # Where each value an answer depends on came from: "model" (its metadata, inside the .pkl), else what an
         # older export falls back to.
         self.sources: dict[str, str] = {
-            "classes": "model" if meta.get("classes") else "learner", "names": "model" if meta.get("names") else "derived",
+            "classes": "model", "names": "model" if meta.get("names") else "derived",
             "temperature": "model" if "temperature" in meta else "default", "unsure_below": unsure_source,
             "scope": "model" if meta.get("scope") else "none"}
         self.scope = ScopeDetector.from_meta(meta.get("scope"))
@@ -101,41 +95,11 @@ class Predictor:
 
         `tta`: average each photo's probabilities with its mirror image's (twice the compute).
         """
-        from fastai.learner import load_learner
-
-        pkl = model_file(path)
+        model = load_model(path, verify)
         try:
-            blob = pkl.read_bytes()  # hashed and unpickled from the same bytes: no swap can slip in between
-        except FileNotFoundError:
-            raise ModelLoadError(f"model file {pkl} does not exist; train one with `flask --app wsgi train`") from None
-        except OSError as exc:
-            raise ModelLoadError(f"model file {pkl} cannot be read ({exc.strerror})") from exc
-        try:
-            report = read_report(pkl.parent)
-        except RunFileError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        expected = report.get("model_sha256")
-        sha256 = hashlib.sha256(blob).hexdigest()
-        if verify and expected and sha256 != expected:
-            raise ModelLoadError(f"{pkl} does not match the SHA-256 recorded in {pkl.parent / REPORT}; refusing to load it")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                learn = load_learner(io.BytesIO(blob), cpu=True)
-        except Exception as exc:  # a truncated or foreign pickle raises many different types
-            raise ModelLoadError(f"{pkl} is not a loadable fastai learner ({exc.__class__.__name__}: {exc})") from exc
-        if not hasattr(learn, "model") or not hasattr(learn, "dls"):
-            raise ModelLoadError(f"{pkl} is not a learner exported by this project")
-        try:
-            check_meta(getattr(learn, "meta", None), pkl)
-        except RunFileError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        try:
-            predictor = cls(learn, report, pkl, runtime, tta)
+            return cls(model, runtime, tta)
         except RuntimeUnavailable as exc:
-            raise ModelLoadError(f"{pkl} cannot be served with the {runtime} runtime: {exc}") from exc
-        predictor.sha256 = sha256
-        return predictor
+            raise ModelLoadError(f"{model.path} cannot be served with the {runtime} runtime: {exc}") from exc
 
     def predict(self, images: list[Image.Image]) -> list[Prediction]:
         """Predict a batch of RGB images in one forward pass."""
@@ -145,7 +109,7 @@ class Predictor:
         results = []
         for row, score in zip(probabilities, scope_scores):
             order = np.argsort(-row)
-            scope = {} if score is None else {"scope_score": float(score), "in_scope": bool(score >= self.scope.threshold)}
+            scope = {} if score is None else {"scope_score": float(score), "in_scope": bool(self.scope.in_scope(score))}
             labels = [self.classes[i] for i in order]
             results.append(Prediction(labels, [float(row[i]) for i in order], [self.names[c] for c in labels], **scope))
         return results
@@ -198,7 +162,7 @@ class Predictor:
         top = cam.max()
         return cam / top if top > 0 else cam
 
-    def _unsure_below(self, meta: dict, report: dict) -> tuple[float, str]:
+    def _unsure_below(self, meta: ModelMeta, report: Report) -> tuple[float, str]:
         """The calibrated "not sure" line (a top probability below it is shown as not sure) and where it came from:
         the model's metadata; for a model exported before it travelled there, its report's, else the default."""
         if "unsure_below" in meta:
@@ -224,7 +188,7 @@ class Predictor:
             "temperature": self.temperature,
             "runtime": self.runtime,
             "tta": "flip" if self.tta else "off",
-            "sha256": self.sha256 or self.report.get("model_sha256"),
+            "sha256": self.sha256,
             "scope": None if self.scope is None else {"method": self.scope.method, "keep": self.scope.keep,
                                                       "threshold": round(self.scope.threshold, 6)},
         }

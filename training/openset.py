@@ -97,7 +97,7 @@ class ScopeDetector:
 
     def __post_init__(self):
         # precision = L Lᵀ, so the distance is a plain Euclidean one after projecting by L: one matrix product
-        # per batch instead of one quadratic form per class and photo (0.1 ms a photo instead of 3).
+        # per batch instead of one quadratic form per class and photo (docs/experiments.md, "Figures behind code").
         self._project = np.linalg.cholesky(self.precision.astype(np.float64)).astype(np.float32)
         projected_means = self.means @ self._project
         self._projected_means, self._mean_norms = projected_means, (projected_means ** 2).sum(axis=1)

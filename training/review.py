@@ -57,7 +57,7 @@ def backbone_features(scan: DatasetScan, backbone: str, progress: bool) -> np.nd
         return np.load(cache)
     spec = get_backbone(backbone)
     net = nn.Sequential(spec.body(pretrained=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    try:  # OpenVINO is several times faster than PyTorch on a CPU; the numbers agree to fp32 precision
+    try:  # OpenVINO is faster than PyTorch on a CPU (docs/experiments.md); the numbers agree to fp32 precision
         forward = make_forward(net, spec.default_size, "openvino")[1]
     except RuntimeUnavailable:
         forward = make_forward(net, spec.default_size, "torch")[1]

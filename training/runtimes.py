@@ -179,12 +179,6 @@ class GuardedForward:
         return output
 
 
-def guarded_forward(fast: Forward, exact: Forward, confident: float = BF16_CONFIDENT,
-                    n_classes: int | None = None, close_call: CloseCall | None = None) -> Forward:
-    """`fast`'s output where it can be trusted, `exact`'s elsewhere (see `GuardedForward`)."""
-    return GuardedForward(fast, exact, confident, n_classes, close_call)
-
-
 def openvino_bf16_forward(graph: bytes, threads: int, n_classes: int | None = None,
                           close_call: CloseCall | None = None) -> Forward:
     """OpenVINO in bf16, recomputing in fp32 what is under `BF16_CONFIDENT`; only on CPUs with native bf16."""
@@ -192,8 +186,8 @@ def openvino_bf16_forward(graph: bytes, threads: int, n_classes: int | None = No
         raise RuntimeUnavailable("this CPU has no native bf16, where bf16 would be slower than fp32")
     core = _openvino_core()
     model = core.read_model(graph)
-    return guarded_forward(_compiled_forward(core, model, threads, "bf16"), _compiled_forward(core, model, threads, "f32"),
-                           n_classes=n_classes, close_call=close_call)
+    return GuardedForward(_compiled_forward(core, model, threads, "bf16"), _compiled_forward(core, model, threads, "f32"),
+                          n_classes=n_classes, close_call=close_call)
 
 
 def agreement(reference: Forward, candidate: Forward, size: int, seed: int = 0, n_classes: int | None = None) -> float:
@@ -225,7 +219,7 @@ def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto", n_cla
     """The fastest forward that agrees with PyTorch (OpenVINO bf16/fp32, ONNX Runtime, PyTorch); returns (name, fn).
 
     `n_classes`: the model's output starts with that many logits, followed by other columns (features).
-    `close_call`: rows a bf16 runtime must recompute in fp32 besides the unconfident ones (see `guarded_forward`).
+    `close_call`: rows a bf16 runtime must recompute in fp32 besides the unconfident ones (see `GuardedForward`).
     `exact`: with `auto`, fp32 runtimes only, for numbers that served fp32 answers are compared against.
     """
     if runtime not in RUNTIMES:
