@@ -4,6 +4,7 @@ import json
 import logging
 import re
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,6 +50,7 @@ def test_log_records_carry_the_request_id_as_json(app):
     assert line["request_id"] == "req-7" and line["message"] == "loaded x" and line["level"] == "INFO"
 
 
+@pytest.mark.slow
 def test_two_workers_counts_add_up_and_every_log_line_is_json(trained_run, demo_data, tmp_path):
     photo = next(demo_data.rglob("*.jpg")).read_bytes()
     log_path = tmp_path / "gunicorn.log"
