@@ -243,9 +243,6 @@ def _check_tiff(img: Image.Image) -> None:
     if tile_width is not None or tile_height is not None:
         if (tile_width or 0) > width + 16 or (tile_height or 0) > height + 16:
             raise NotAnImage(f"the TIFF's {tile_width}x{tile_height} tiles are larger than its {width}x{height} image")
-    pieces = len(tags.get(324, ()) or ()) + len(tags.get(273, ()) or ())
-    if pieces > MAX_TIFF_PIECES or len(img.tile) > MAX_TIFF_PIECES:
-        raise NotAnImage(f"the TIFF is cut into {pieces:,} strips or tiles; the limit is {MAX_TIFF_PIECES:,}")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -13,7 +13,8 @@ from PIL import Image
 
 from training.decoding import ImageTooComplex, NotAnImage, decode_to_bytes, prepare_decoder
 
-MEGABYTE = 1024 * 1024
+from .settings import MEGABYTE
+
 WARM_UP = b"P5 1 1 255 \x80"  # the smallest image there is: a 1x1 grey PGM (refused as a format, decoded all the same)
 _pools: dict[tuple, DecoderPool] = {}
 _pools_lock = threading.Lock()
