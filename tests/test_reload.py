@@ -68,4 +68,4 @@ def test_every_worker_serves_the_new_model_within_10_s(trained_run, logged_run, 
           f"slowest {max(during) * 1000:.0f} ms of {len(during)}")
     # A load on the request path held every request for seconds (2.7-8.5 s in the attack round of #27).
     # The new model loads beside the requests (the GIL and two cores shared): slower, never stalled behind it.
-    assert max(during) < max(2.0, 10 * typical), f"a request took {max(during):.2f} s while the model loaded"
+    assert max(during) < max(1.5, 10 * typical), f"a request took {max(during):.2f} s while the model loaded"
