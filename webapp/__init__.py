@@ -33,11 +33,12 @@ def init_app(app: Flask) -> None:
     from training.cli import COMMANDS
     from training.decoding import allow_pixels
 
-    from . import api, errors, logs, metrics, pages, review, security
+    from . import api, db, errors, logs, metrics, pages, review, security
     from .model import EXTENSION, ModelHolder
 
     app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
                                             tta=app.config["TTA"] == "flip")
+    db.init_app(app)  # answers and verdicts; migrated to the newest schema before any request
     allow_pixels(app.config["MAX_PIXELS"])  # Pillow's own guard must not refuse what the operator allowed
     security.init_app(app, csrf_exempt=[api.bp])  # the JSON API is cookie-less
     errors.init_app(app)

@@ -92,4 +92,12 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
         # The review page (webapp/review.py) exists only when both are set; `flask review` sets them itself.
         "REVIEW_DATA": env.get("GUITARS_REVIEW_DATA") or None,
         "REVIEW_TOKEN": env.get("GUITARS_REVIEW_TOKEN") or None,
+        # Answers and verdicts (webapp/db.py). Without an instance folder (tests): a database in memory.
+        "DATABASE_URL": env.get("GUITARS_DATABASE_URL")
+        or (f"sqlite:///{instance_dir / 'guitars.db'}" if instance_dir else "sqlite://"),
+        "ANSWER_LOG_MAX_ROWS": _env_number(env, "GUITARS_ANSWER_LOG_MAX_ROWS", 100_000),
+        # Photos shared with consent (webapp/photostore.py); without a folder, no photo is ever kept.
+        "FEEDBACK_DIR": env.get("GUITARS_FEEDBACK_DIR") or (str(instance_dir / "feedback") if instance_dir else None),
+        "FEEDBACK_MAX_MB": _env_number(env, "GUITARS_FEEDBACK_MAX_MB", 200, float),
+        "FEEDBACK_RETENTION_DAYS": _env_number(env, "GUITARS_FEEDBACK_RETENTION_DAYS", 90, float),
     }
