@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .batches import Unreadable
-from .classnames import class_names, names_for
+from .classnames import ClassGroup, class_groups, class_names, names_for
 from .decoding import ImageError, open_image
 from .fsutil import default_cache_dir, write_json
 from .imaging import is_image_file
@@ -52,6 +52,7 @@ class DatasetScan:
     unreadable: list[Unreadable] = field(default_factory=list)
     decisions: Applied | None = None  # what DATA/labels.csv changed
     names: dict[str, str] = field(default_factory=dict)  # display names (DATA/classes.toml or from the ids)
+    groups: list[ClassGroup] = field(default_factory=list)  # DATA/classes.toml's [groups], over these classes
 
     def __post_init__(self):
         self.names = names_for(self.classes, self.names)
@@ -147,9 +148,11 @@ def scan_dataset(root: str | os.PathLike, cache_dir: Path | None = None, progres
             log.warning("skipping unreadable image %s: %s", relpath, entry[2])
         else:
             items.append(Item(relpath, label, entry[2], int(entry[3], 16)))
-    names = class_names(root, classes)
+    names, groups = class_names(root, classes), class_groups(root, classes)
     classes = [c for c in classes if any(i.label == c for i in items)]
-    return DatasetScan(root, classes, items, unreadable, applied, {c: names[c] for c in classes})
+    groups = [ClassGroup(g.label, g.name, tuple(c for c in g.classes if c in classes)) for g in groups]
+    return DatasetScan(root, classes, items, unreadable, applied, {c: names[c] for c in classes},
+                       [g for g in groups if g.classes])
 
 
 def duplicate_groups(items: list[Item], max_bits: int = NEAR_DUPLICATE_BITS) -> list[list[int]]:

@@ -1,6 +1,7 @@
 """Generate the embedded demo dataset: drawn guitar silhouettes, so a fresh checkout can train with no downloads."""
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -111,6 +112,7 @@ def draw_guitar(kind: str, size: int, rng: random.Random) -> Image.Image:
 
 
 DISPLAY_NAMES = {"sg": "SG"}
+MAKERS = {"fender": ("stratocaster", "telecaster"), "gibson": ("les_paul", "sg", "flying_v", "explorer")}
 
 
 def make_demo_dataset(out: str | Path, per_class: int = 80, size: int = 160, seed: int = 0,
@@ -128,7 +130,13 @@ def make_demo_dataset(out: str | Path, per_class: int = 80, size: int = 160, see
         tmp = path.with_suffix(".tmp")
         draw_guitar(kind, size, rng).save(tmp, format="JPEG", quality=90)
         tmp.replace(path)
-    names = {kind: DISPLAY_NAMES[kind] for kind in classes if kind in DISPLAY_NAMES}
-    if names:  # the names the folder ids can't spell (DATA/classes.toml, as a user would write it)
-        (out / CLASS_NAMES_FILE).write_text("".join(f'{kind} = "{name}"\n' for kind, name in names.items()))
+    (out / CLASS_NAMES_FILE).write_text(classes_toml(classes))
     return out
+
+
+def classes_toml(classes: list[str]) -> str:
+    """DATA/classes.toml as a user would write it: the names the folder ids can't spell, and the makers as groups."""
+    names = [f'{kind} = "{DISPLAY_NAMES[kind]}"\n' for kind in classes if kind in DISPLAY_NAMES]
+    groups = [f"{maker} = [{', '.join(json.dumps(k) for k in kinds if k in classes)}]\n"
+              for maker, kinds in MAKERS.items() if any(k in classes for k in kinds)]
+    return "".join(names) + ("\n[groups]\n" + "".join(groups) if groups else "")

@@ -8,6 +8,7 @@ import numpy as np
 
 from .batches import Unreadable, image_batches
 from .dataset import DatasetError, labelled_images
+from .groups import group_figures
 from .inference import Predictor
 from .labels import decisions_line
 from .metrics import classification_metrics
@@ -32,13 +33,15 @@ class Evaluation:
     scope_scores: list[float] = field(default_factory=list, repr=False)  # per photo, for the AUROC; not printed
     views: dict | None = None  # evaluate_views
     out_of_scope: dict | None = None  # evaluate_out_of_scope, by sub-folder
+    groups: dict | None = None  # training.groups.group_figures; None for a model without groups
 
     def to_json(self) -> dict:
         """What `flask evaluate --json` prints."""
         result = {**self.metrics, "classes": self.classes, "names": self.names, "tta": self.tta,
                   "unknown_classes": self.unknown_classes, "unreadable": [u.to_json() for u in self.unreadable],
                   "decisions": self.decisions, "mistakes": self.mistakes}
-        optional = {"scope": self.scope, "views": self.views, "out_of_scope": self.out_of_scope}
+        optional = {"scope": self.scope, "views": self.views, "out_of_scope": self.out_of_scope,
+                    "groups": self.groups}
         return {**result, **{key: value for key, value in optional.items() if value is not None}}
 
 
@@ -82,7 +85,16 @@ def evaluate_folder(predictor: Predictor, data_dir: str | Path, batch_size: int 
         views=evaluate_views(predictor, root, only, batch_size, progress) if views else None,
         out_of_scope=(evaluate_out_of_scope(predictor, ood_dir, in_scope_scores, batch_size, progress)
                       if ood_dir else None),
+        groups=model_group_figures(predictor, probs, targets),
     )
+
+
+def model_group_figures(predictor: Predictor, probabilities: np.ndarray, targets: np.ndarray) -> dict | None:
+    """`group_figures` with the model's own groups and lines (None for a model without groups)."""
+    if not predictor.groups:
+        return None
+    return group_figures(probabilities, targets, predictor.groups, predictor.classes, predictor.unsure_below,
+                         predictor.group_unsure_below)
 
 
 def score_files(predictor: Predictor, paths: list[Path], batch_size: int, unreadable: list[Unreadable],
@@ -167,10 +179,23 @@ def view_scores(predictor: Predictor, probabilities: np.ndarray, targets: np.nda
            else ~predictor.scope.in_scope(np.array(scope_scores, dtype=float)))
     sure = ~unsure & ~out
     confused = classification_metrics(probabilities, targets, predictor.classes, top=5)
+    groups = model_group_figures(predictor, probabilities, targets)
     return {"n": int(len(targets)), "accuracy": round(float(right.mean()), 4), "unsure": round(float(unsure.mean()), 4),
             "out_of_scope": round(float(out.mean()), 4),
             "sure_accuracy": round(float(right[sure].mean()), 4) if sure.any() else None,
-            "most_confused": confused["most_confused"], "confusion_matrix": confused["confusion_matrix"]}
+            "most_confused": confused["most_confused"], "confusion_matrix": confused["confusion_matrix"],
+            **({} if groups is None else {"group_accuracy": groups["accuracy"], "group_coverage": groups["coverage"],
+                                          "group_sure_accuracy": groups["sure_accuracy"]})}
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def group_line_text(groups: dict) -> str:
+    """One line on the group answer: its accuracy, and how many not-sure class answers it settles, how well."""
+    return (f"Group right on {_share(groups['accuracy'])} of {groups['n']} photos; of the {groups['unsure']} not-sure "
+            f"class answers, {_share(groups['coverage'])} get a sure group, right on {_share(groups['sure_accuracy'])}")
 
 
 def evaluation_summary(evaluation: Evaluation) -> str:
@@ -201,12 +226,19 @@ def evaluation_summary(evaluation: Evaluation) -> str:
     if "scope" in result:
         lines.append(f"Out of scope by the model's detector: {result['scope']['rejected']:.1%} of these photos "
                      f"(threshold {result['scope']['threshold']:.4f})")
+    if result.get("groups"):
+        lines.append(group_line_text(result["groups"]))
     if result.get("views"):
-        lines += ["", f"{'view':<18}{'n':>6}{'accuracy':>10}{'not sure':>10}{'out of scope':>14}{'sure right':>12}"]
+        grouped = "group_accuracy" in next(iter(result["views"].values()))
+        lines += ["", f"{'view':<18}{'n':>6}{'accuracy':>10}{'not sure':>10}{'out of scope':>14}{'sure right':>12}"
+                  + (f"{'group':>8}{'group sure':>12}" if grouped else "")]
         for view, row in result["views"].items():
             sure = "-" if row["sure_accuracy"] is None else f"{row['sure_accuracy']:.3f}"
-            lines.append(f"{view:<18}{row['n']:>6}{row['accuracy']:>10.3f}{row['unsure']:>10.1%}"
-                         f"{row['out_of_scope']:>14.1%}{sure:>12}")
+            line = (f"{view:<18}{row['n']:>6}{row['accuracy']:>10.3f}{row['unsure']:>10.1%}"
+                    f"{row['out_of_scope']:>14.1%}{sure:>12}")
+            if grouped:
+                line += f"{_share(row['group_accuracy']):>8}{_share(row['group_coverage']):>12}"
+            lines.append(line)
     for group, row in result.get("out_of_scope", {}).items():
         lines.append(f"  none of the classes, {group}: {row['rejected']:.1%} of {row['n']} rejected, AUROC {row['auroc']:.4f}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from fastai.torch_core import noop
 from .backbones import get_backbone
 from .calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
 from .fsutil import atomic_path, sha256_file
+from .groups import fit_group_line, group_figures
 from .learner import CPUAutocast, LabelOf
 from .metrics import classification_metrics, plot_confusion_matrix
 from .mistakes import mistake_rows, write_mistakes_csv
@@ -29,17 +30,18 @@ def finish_run(learn, run: Run) -> dict:
     """Score the validation set, export the learner atomically, and write the report and plots; the report."""
     logits, targets, losses = learn.get_preds(dl=learn.dls.valid, act=noop, with_loss=True)
     calibration, probs = calibrate(learn, logits, targets)
+    groups = fit_groups(probs, targets.numpy(), run, calibration["unsure_below"])
     metrics = classification_metrics(probs, targets.numpy(), run.scan.classes)
     plot_top_losses(learn, losses, run.out / TOP_LOSSES_PNG)
     valid_files = [str(Path(f).relative_to(run.scan.root)) for f in learn.dls.valid_ds.items]
     write_mistakes_csv(mistake_rows(valid_files, probs, targets.numpy(), run.scan.classes), run.out / MISTAKES_CSV)
     detector, scope = fit_scope_detector(learn, run)
     trained_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    model_sha = export_learner(learn, run, calibration, trained_at, detector)
+    model_sha = export_learner(learn, run, calibration, trained_at, detector, groups["line"])
     plot_confusion_matrix(metrics["confusion_matrix"], [run.scan.names[c] for c in run.scan.classes],
                           run.out / CONFUSION_MATRIX_PNG)
     report = build_report(run, learn, metrics, calibration, trained_at, model_sha)
-    report = write_report(run.out, {**report, "scope": scope})
+    report = write_report(run.out, {**report, "scope": scope, **({"groups": groups} if run.scan.groups else {})})
     run.state.mark_exported()
     save_state(run)
     run.echo(summary_text(report))
@@ -75,7 +77,20 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     return detector, figures
 
 
-def export_learner(learn, run: Run, calibration: dict, trained_at: str, detector: ScopeDetector | None = None) -> str:
+def fit_groups(probs: np.ndarray, targets: np.ndarray, run: Run, unsure_below: float) -> dict:
+    """The group line fitted on the validation split, and the group figures it gives there."""
+    classes, groups = run.scan.classes, run.scan.groups
+    line = fit_group_line(probs, targets, groups, classes, unsure_below) if groups else None
+    figures = group_figures(probs, targets, groups, classes, unsure_below, line) if groups else {"line": None}
+    if groups:
+        run.echo(f"Groups: {', '.join(g.name for g in groups)}; the group is right on {figures['accuracy']:.1%} of "
+                 f"the validation photos, and answers {figures['coverage'] or 0:.1%} of the {figures['unsure']} "
+                 "not-sure ones as sure")
+    return figures
+
+
+def export_learner(learn, run: Run, calibration: dict, trained_at: str, detector: ScopeDetector | None = None,
+                   group_line: float | None = None) -> str:
     """`learn.export` to the run's export.pkl with the model metadata (everything an answer depends on: the
     temperature and "not sure" line of `calibration` too), atomically; the file's SHA-256."""
     last = run.recipe.stages[-1]
@@ -83,7 +98,8 @@ def export_learner(learn, run: Run, calibration: dict, trained_at: str, detector
     learn.meta = ModelMeta(classes=list(run.scan.classes), backbone=last.backbone, size=last.size,
                            mean=list(spec.mean), std=list(spec.std), recipe=run.recipe.name, trained_at=trained_at,
                            temperature=calibration["temperature"], scope=detector.to_meta() if detector else None,
-                           names=dict(run.scan.names), unsure_below=calibration["unsure_below"])
+                           names=dict(run.scan.names), unsure_below=calibration["unsure_below"],
+                           groups=[g.to_meta() for g in run.scan.groups], group_unsure_below=group_line)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
     with atomic_path(run.out / EXPORT) as tmp:
         learn.export(tmp)

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .classnames import names_for
+from .classnames import ClassGroup, names_for
+from .groups import group_matrix
 from .imaging import to_batch
 from .loading import LoadedModel, ModelLoadError, load_model
 from .openset import ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures
@@ -23,6 +24,19 @@ __all__ = ["ModelLoadError", "Prediction", "Predictor"]  # ModelLoadError: raise
 
 
 @dataclass(frozen=True)
+class GroupAnswer:
+    """The most likely group of classes for one image: its summed probability, and whether that is reliable."""
+
+    label: str
+    name: str
+    probability: float
+    sure: bool  # at or above the model's group line: shown when the class answer is not sure
+
+    def as_result(self) -> dict:
+        return {"label": self.label, "name": self.name, "probability": round(self.probability, 6), "sure": self.sure}
+
+
+@dataclass(frozen=True)
 class Prediction:
     """Class probabilities for one image, best first."""
 
@@ -31,6 +45,7 @@ class Prediction:
     names: list[str] | None = None     # display names, parallel to `labels`
     scope_score: float | None = None   # likeness to the training photos; None for a model without a detector
     in_scope: bool = True              # False: none of the classes, by the model's detector
+    group: GroupAnswer | None = None   # None for a model without groups
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The `k` most likely classes with their probabilities."""
@@ -39,16 +54,25 @@ class Prediction:
     def as_result(self, filename: str, top_k: int, unsure_below: float) -> dict:
         """The answer as the API, the pages and `flask predict` give it."""
         top = self.top(top_k)
+        uncertain = top[0][1] < unsure_below
         return {
             "filename": filename,
             "predictions": [{"label": label, "name": name, "probability": round(p, 6)}
                             for (label, p), name in zip(top, self.names or [label for label, _ in top])],
             # Which of the known classes: the top ones are close (the calibrated "not sure" line).
-            "uncertain": top[0][1] < unsure_below,
+            "uncertain": uncertain,
             # Whether it is one of the known classes at all (always true for a model without a detector).
             "in_scope": self.in_scope,
             "scope_score": None if self.scope_score is None else round(self.scope_score, 6),
+            "group": None if self.group is None else self.group.as_result(),
+            "scope": self.scope_level(uncertain),
         }
+
+    def scope_level(self, uncertain: bool) -> str:
+        """The level the answer is given at: a class, a group of classes, or none of them."""
+        if not self.in_scope:
+            return "none"
+        return "group" if uncertain and self.group is not None and self.group.sure else "class"
 
 
 class Predictor:
@@ -77,6 +101,9 @@ class Predictor:
             "temperature": "model" if "temperature" in meta else "default", "unsure_below": unsure_source,
             "scope": "model" if meta.get("scope") else "none"}
         self.scope = ScopeDetector.from_meta(meta.get("scope"))
+        self.groups = [ClassGroup.from_meta(g) for g in meta.get("groups") or []]
+        self.group_unsure_below: float | None = meta.get("group_unsure_below")
+        self._group_matrix = group_matrix(self.groups, self.classes)
         # With a detector, one forward gives the logits and what it needs: [logits | features (| ImageNet profile)].
         self.served = self.model  # the module the runtime runs
         if self.scope is not None:
@@ -111,8 +138,19 @@ class Predictor:
             order = np.argsort(-row)
             scope = {} if score is None else {"scope_score": float(score), "in_scope": bool(self.scope.in_scope(score))}
             labels = [self.classes[i] for i in order]
-            results.append(Prediction(labels, [float(row[i]) for i in order], [self.names[c] for c in labels], **scope))
+            results.append(Prediction(labels, [float(row[i]) for i in order], [self.names[c] for c in labels],
+                                      group=self.group_answer(row), **scope))
         return results
+
+    def group_answer(self, probabilities: np.ndarray) -> GroupAnswer | None:
+        """The most likely group for one image's class probabilities (None for a model without groups)."""
+        if not self.groups:
+            return None
+        summed = probabilities.astype(np.float64) @ self._group_matrix
+        best = int(summed.argmax())
+        line = self.group_unsure_below
+        return GroupAnswer(self.groups[best].label, self.groups[best].name, float(summed[best]),
+                           line is not None and bool(summed[best] >= line))
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities in `self.classes` order, shape (N, C)."""
@@ -191,4 +229,6 @@ class Predictor:
             "sha256": self.sha256,
             "scope": None if self.scope is None else {"method": self.scope.method, "keep": self.scope.keep,
                                                       "threshold": round(self.scope.threshold, 6)},
+            "groups": [{**g.to_meta(), "names": [self.names[c] for c in g.classes]} for g in self.groups],
+            "group_unsure_below": self.group_unsure_below,
         }

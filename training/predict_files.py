@@ -34,14 +34,20 @@ def predict_files(predictor: Predictor, paths: list[Path], top_k: int,
 
 
 def results_table(results: list[dict]) -> str:
-    """A plain table: file, best answer, its probability, and the two flags."""
+    """A plain table: file, best answer, its probability, the two flags, and the group when the model has groups."""
     width = max([len(r["filename"]) for r in results] + [4])
-    lines = [f"{'file':<{width}}  {'prediction':<28}{'prob':>7}  {'not sure':<9}{'in scope':<8}"]
+    grouped = any(r.get("group") for r in results)
+    lines = [f"{'file':<{width}}  {'prediction':<28}{'prob':>7}  {'not sure':<9}{'in scope':<9}"
+             + (f"{'group':<24}{'prob':>6}  sure" if grouped else "")]
     for r in results:
         best = r["predictions"][0]
         label = best["name"] if r["in_scope"] else f"({best['name']})"
-        lines.append(f"{r['filename']:<{width}}  {label:<28}{best['probability']:>7.3f}  "
-                     f"{'yes' if r['uncertain'] else 'no':<9}{'yes' if r['in_scope'] else 'no':<8}")
+        line = (f"{r['filename']:<{width}}  {label:<28}{best['probability']:>7.3f}  "
+                f"{'yes' if r['uncertain'] else 'no':<9}{'yes' if r['in_scope'] else 'no':<9}")
+        if grouped:
+            group = r["group"]
+            line += f"{group['name']:<24}{group['probability']:>6.3f}  {'yes' if group['sure'] else 'no'}"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -50,8 +56,11 @@ def results_csv(results: list[dict], top_k: int) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     header = ["file"] + [f"{kind}_{k + 1}" for k in range(top_k) for kind in ("label", "probability")]
-    writer.writerow(header + ["uncertain", "in_scope", "scope_score"])
+    writer.writerow(header + ["uncertain", "in_scope", "scope_score", "scope", "group", "group_probability",
+                              "group_sure"])
     for r in results:
         cells = [c for p in r["predictions"] for c in (p["label"], p["probability"])]
-        writer.writerow([r["filename"], *cells, r["uncertain"], r["in_scope"], r["scope_score"]])
+        group = r.get("group") or {}
+        writer.writerow([r["filename"], *cells, r["uncertain"], r["in_scope"], r["scope_score"], r["scope"],
+                         group.get("label"), group.get("probability"), group.get("sure")])
     return buffer.getvalue()

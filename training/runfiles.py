@@ -41,6 +41,10 @@ class ModelMeta(TypedDict):
     names: dict[str, str]  # class id -> display name (training.classnames); absent from older exports
     # The calibrated "not sure" line; absent from older exports, which fall back to their report's (with a warning).
     unsure_below: float
+    # Groups of classes (training.classnames.ClassGroup.to_meta) and the group probability from which a group is
+    # the answer to a "not sure" class answer (None: never); absent from older exports and for data without groups.
+    groups: list[dict]
+    group_unsure_below: float | None
 
 
 class Validation(TypedDict, total=False):
@@ -78,6 +82,7 @@ class Report(TypedDict, total=False):
     packages: dict[str, str]
     model_sha256: str
     scope: dict | None  # the detector's method, threshold and the share of validation photos it rejects
+    groups: dict  # training.groups.group_figures on the validation split; only for data with groups
 
 
 @dataclass(frozen=True)
