@@ -134,6 +134,8 @@ def test_api_answers_the_group_when_the_class_is_not_sure(always_grouping_run, d
     result = response.get_json()["results"][0]
     assert result["uncertain"] and result["group"]["sure"] and result["scope"] == "group"
     assert response.get_json()["model"]["group_unsure_below"] == 0.0
+    page = app.test_client().get("/model").get_data(as_text=True)
+    assert "Gibson (Les Paul, Flying V)" in page and "names its group when the group's probability is at least 0%" in page
     sure_app = create_app({"TESTING": True, "MODEL_PATH": str(always_grouping_run), "UNSURE_BELOW": 0.0})
     response = sure_app.test_client().post("/api/v1/predict", data={"file": (io.BytesIO(photo), "lp.jpg")})
     assert response.get_json()["results"][0]["scope"] == "class"

@@ -33,7 +33,7 @@ def init_app(app: Flask) -> None:
     from training.cli import COMMANDS
     from training.decoding import allow_pixels
 
-    from . import api, db, errors, logs, metrics, pages, review, security
+    from . import api, db, errors, feedback, logs, metrics, pages, review, security
     from .model import EXTENSION, ModelHolder
 
     app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
@@ -46,6 +46,7 @@ def init_app(app: Flask) -> None:
     metrics.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    feedback.init_app(app)
     review.init_app(app)
     for command in COMMANDS:
         app.cli.add_command(command)

@@ -10,8 +10,10 @@ from flask import current_app, g, request
 from training.inference import Predictor
 
 from .decoders import DecoderPool, decoder_pool
+from .feedback import log_answers, parse_share
 from .metrics import record_results
 from .model import model_holder
+from .photostore import photo_store
 from .uploads import DecodeLimits, Upload, parse_top_k, read_uploads
 
 
@@ -91,6 +93,9 @@ def classify_request() -> tuple[Predictor, list[Upload], list[dict]]:
     """Read the current request's files and `top_k`, and classify them: shared by the API and the form."""
     predictor = current_predictor()
     top_k = parse_top_k(request.values.get("top_k"), current_app.config["TOP_K"], len(predictor.classes))
+    share = parse_share(request.values.get("share"))
+    if share:
+        photo_store().check_room()  # a store with no room refuses before any decoding
     started = time.perf_counter()
     uploads = read_uploads(request.files.getlist("file"), current_decoders(), decode_limits())
     decoded = time.perf_counter()
@@ -98,6 +103,7 @@ def classify_request() -> tuple[Predictor, list[Upload], list[dict]]:
     record_results(results)
     # Where a request's time went, for the Server-Timing header: operators and bench/serve.py read it.
     g.server_timing = {"decode": decoded - started, "model": time.perf_counter() - decoded}
+    log_answers(predictor, uploads, results, share)  # each result gets its answer's id
     return predictor, uploads, results
 
 
