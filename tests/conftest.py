@@ -13,7 +13,7 @@ from training.demo import make_demo_dataset
 
 # Skip reasons naming the make target that installs a test's tool. Under CI that target has run, so such a skip
 # means the install failed, and the job must fail rather than pass without the test.
-TOOL_TARGETS = ("(make browser)", "(make proxy)")
+TOOL_TARGETS = ("(make browser)", "(make proxy)", "(make postgres)")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -29,8 +29,12 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Keep fingerprint caches out of the user's home."""
+    """Keep fingerprint caches out of the user's home, and answers and photos out of the checkout."""
     os.environ["GUITARS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    # An app built from the environment (create_app(), gunicorn) keeps its answers and photos here, not in instance/.
+    instance = tmp_path_factory.mktemp("instance")
+    os.environ.setdefault("GUITARS_DATABASE_URL", f"sqlite:///{instance / 'guitars.db'}")
+    os.environ.setdefault("GUITARS_FEEDBACK_DIR", str(instance / "feedback"))
 
 
 @pytest.fixture(scope="session")

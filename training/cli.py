@@ -14,8 +14,10 @@ from .labels import DecisionsError
 from .recipes import RecipeError, available_recipes
 from .runfiles import EXPORT, RunFileError
 from .runtimes import RUNTIMES
+from .versions import VersionError
 
-USER_ERRORS = (RecipeError, DatasetError, DecisionsError, ClassNamesError, WeightsUnavailable, RunFileError)
+USER_ERRORS = (RecipeError, DatasetError, DecisionsError, ClassNamesError, WeightsUnavailable, RunFileError,
+               VersionError)
 
 
 def _fail_clearly(func):
@@ -202,7 +204,79 @@ def dataset_demo_command(out_dir, per_class, size):
     click.echo(f"Demo dataset in {out_dir}")
 
 
-COMMANDS = [train_command, evaluate_command, predict_command, dataset_group]
+@click.group("models")
+def models_group():
+    """Model versions: the runs of a models folder, the one served, promotion through a gate, rollback."""
+
+
+MODELS_OPTION = click.option(
+    "--models", "models_dir", envvar="GUITARS_MODELS", default="models", show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The models folder: one run directory per version (also read from GUITARS_MODELS, as the server does).")
+
+
+@models_group.command("list")
+@MODELS_OPTION
+@_fail_clearly
+def models_list_command(models_dir):
+    """List the runs of the models folder; * marks the promoted one."""
+    from .versions import list_runs, read_pointer
+
+    runs = list_runs(models_dir.absolute())
+    pointer = read_pointer(models_dir.absolute())
+    click.echo(f"  {'run':<24}{'trained at':<27}{'val. acc.':>10}  sha256")
+    for run in runs:
+        accuracy = "-" if run.accuracy is None else f"{run.accuracy:.4f}"
+        click.echo(f"{'*' if run.promoted else ' '} {run.name:<24}{run.trained_at or '-':<27}{accuracy:>10}  "
+                   f"{(run.sha256 or '-')[:12]}")
+    if pointer is None:
+        click.echo(f"No run is promoted yet in {models_dir}.")
+    else:
+        earlier = " <- ".join(v.run for v in reversed(pointer.history))
+        click.echo(f"Promoted: {pointer.current.run} (since {pointer.promoted_at})"
+                   + (f"; rollback restores {earlier}" if earlier else ""))
+
+
+@models_group.command("promote")
+@click.argument("run")
+@MODELS_OPTION
+@click.option("--against", "against", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A fixed labelled folder (DATA/<class>/...) to score the candidate and the serving run on.")
+@click.option("--force", metavar="REASON", help="Promote even if the gate refuses, or without --against; logged.")
+@click.option("--runtime", default="auto", show_default=True, type=click.Choice(RUNTIMES),
+              help="The runtime both models are scored with (the server's GUITARS_RUNTIME).")
+@_fail_clearly
+def models_promote_command(run, models_dir, against, force, runtime):
+    """Serve RUN (a run of the models folder) if it is not worse than the serving one on --against."""
+    from .gate import ALPHA, SCOPE_MARGIN, promote
+
+    decision = promote(models_dir.absolute(), run, against, force, runtime, progress=sys.stderr.isatty())
+    entry = decision.entry
+    if decision.comparison is not None:
+        click.echo(f"{entry['run']} (candidate) against {entry['serving']} (serving) on {against}:")
+        click.echo(decision.comparison.summary())
+    for reason in decision.refusals:
+        click.echo(f"Refused: {reason}" if not decision.promoted else f"Overridden (--force): {reason}")
+    if not decision.promoted:
+        raise click.ClickException(f"{entry['run']} was not promoted (the gate: McNemar p < {ALPHA} against it, or "
+                                   f"more than {SCOPE_MARGIN * 100:.0f} points more rejected); --force REASON "
+                                   f"overrides, and is logged")
+    click.echo(f"Promoted {entry['run']}" + (f" (was {entry['serving']})" if entry["serving"] else "")
+               + f"; logged in {models_dir / 'promotions.jsonl'}")
+
+
+@models_group.command("rollback")
+@MODELS_OPTION
+@_fail_clearly
+def models_rollback_command(models_dir):
+    """Serve the run promoted before the current one again."""
+    from .versions import rollback
+
+    restored, dropped = rollback(models_dir.absolute())
+    click.echo(f"Rolled back from {dropped.run} to {restored.run}")
+
+
+COMMANDS = [train_command, evaluate_command, predict_command, dataset_group, models_group]
 
 
 @click.group()

@@ -11,6 +11,7 @@ from flask import current_app
 
 from training.inference import ModelLoadError, Predictor
 from training.runfiles import REPORT, model_file
+from training.versions import POINTER, VersionError, served_model
 
 from .metrics import record_model
 
@@ -19,14 +20,16 @@ EXTENSION = "guitars_model"  # the holder's key in app.extensions; read it throu
 
 
 class ModelHolder:
-    """Loads the configured model lazily; reloads it, off the request path, when `export.pkl` or `report.json` changes."""
+    """Loads the configured model lazily; reloads it, off the request path, when `export.pkl` or `report.json` changes,
+    or, serving a models folder, when its pointer names another run."""
 
     check_every = 2.0
     clock = staticmethod(time.monotonic)  # injectable: tests step it instead of sleeping
 
-    def __init__(self, path: str | Path, runtime: str = "auto", tta: bool = False):
+    def __init__(self, path: str | Path, runtime: str = "auto", tta: bool = False, models: str | Path | None = None):
         # The path comes from configuration only; requests can never choose what is unpickled.
         self.path = model_file(path)
+        self.models = None if models is None else Path(models)  # set: the run its pointer names, not `path`
         self.runtime = runtime
         self.tta = tta
         self._predictor: Predictor | None = None
@@ -37,9 +40,23 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._loading: threading.Thread | None = None
 
-    def _file_stamp(self):
+    def _target(self) -> tuple[tuple, Path | None, str | None, str | None]:
+        """What to serve, read as one: (the files' stamps, export.pkl, the SHA-256 it was promoted with, why there
+        is nothing to serve). With a models folder its pointer decides (resolved by training.versions)."""
+        if self.models is None:
+            return self._stamps(self.path, self.path.with_name(REPORT)), self.path, None, None
+        pointer = self._stamps(self.models / POINTER)  # before reading it: a newer pointer is seen at the next check
+        try:
+            path, version = served_model(self.models)
+        except VersionError as exc:
+            return pointer, None, None, str(exc)
+        return pointer + self._stamps(path, path.with_name(REPORT)), path, version.sha256, None
+
+    @staticmethod
+    def _stamps(*paths: Path) -> tuple:
+        """(inode, mtime, size) of each file, None for a missing one: any change is a model to load."""
         stamps = []
-        for path in (self.path, self.path.with_name(REPORT)):
+        for path in paths:
             try:
                 stat = path.stat()
             except OSError:
@@ -51,10 +68,16 @@ class ModelHolder:
     def _load(self) -> None:
         # A model is the pair export.pkl + report.json. The stamp is taken before reading, so a pair caught
         # between its two writes (a SHA mismatch, refused) is read again once the second write lands.
-        stamp = self._file_stamp()
+        stamp, path, promoted_sha, problem = self._target()
         started = time.perf_counter()
         try:
-            predictor = Predictor.load(self.path, runtime=self.runtime, tta=self.tta)
+            if problem:  # nothing promoted, or an unreadable pointer: kept as any failed load is
+                raise ModelLoadError(problem)
+            self.path = path
+            predictor = Predictor.load(path, runtime=self.runtime, tta=self.tta)
+            if promoted_sha and predictor.sha256 != promoted_sha:  # files changed after the gate passed them
+                raise ModelLoadError(f"{path.parent} is not the model promoted as {path.parent.name} (its SHA-256 "
+                                     f"changed since): promote it again, or roll back")
         except ModelLoadError as exc:
             self._error = str(exc)
             if self._predictor is None:
@@ -94,7 +117,7 @@ class ModelHolder:
             with self._lock:
                 if self.clock() - self._checked > self.check_every and self._loading is None:
                     self._checked = self.clock()
-                    if self._file_stamp() != self._stamp:
+                    if self._target()[0] != self._stamp:
                         self._reload_in_background()
         return self._predictor
 
@@ -114,7 +137,12 @@ class ModelHolder:
         """`error` as clients may see it: the server's folders cut down to the run directory's name."""
         if self._error is None:
             return None
-        return self._error.replace(str(self.path.parent), self.path.parent.name)
+        public = self._error if self.models is None else self._error.replace(str(self.models), self.models.name)
+        return public.replace(str(self.path.parent), self.path.parent.name)
+
+    def version(self, predictor: Predictor) -> str | None:
+        """The run name `predictor` was promoted as, when a models folder is served; None for a configured file."""
+        return None if self.models is None else predictor.path.parent.name
 
 
 def model_holder() -> ModelHolder:

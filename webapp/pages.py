@@ -7,6 +7,7 @@ from training.runfiles import CONFUSION_MATRIX_PNG
 
 from .heatmap import heat_map
 from .model import model_holder
+from .photostore import photo_store
 from .security import limit_model_use
 from .service import classify_request, current_predictor, model_summary, png_data_uri
 from .settings import MEGABYTE
@@ -21,7 +22,7 @@ def index():
     predictor = holder.get()
     return render_template("index.html", predictor=predictor, error=holder.public_error,
                            max_mb=current_app.config["MAX_CONTENT_LENGTH"] / MEGABYTE,
-                           max_files=current_app.config["MAX_FILES"])
+                           max_files=current_app.config["MAX_FILES"], share_enabled=photo_store().enabled)
 
 
 @bp.post("/predict")

@@ -65,6 +65,7 @@ def model_summary(predictor: Predictor) -> dict:
     unsure_below, source = unsure_below_in_force(predictor)
     return {
         **predictor.describe(),
+        "version": model_holder().version(predictor),  # the promoted run's name (GUITARS_MODELS), else None
         "validation": {k: validation.get(k) for k in ("accuracy", "macro_f1", "n", "per_class",
                                                        "confusion_matrix", "most_confused")},
         "unsure_below": unsure_below,

@@ -71,6 +71,8 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
     return {
         # Absolute from here on: Flask resolves relative paths against the app's folder, not the operator's.
         "MODEL_PATH": str(Path(env.get("GUITARS_MODEL") or "runs/demo").expanduser().absolute()),
+        # Set, it wins over MODEL_PATH: the run its pointer names is served (training/versions.py).
+        "MODELS_DIR": str(Path(env["GUITARS_MODELS"]).expanduser().absolute()) if env.get("GUITARS_MODELS") else None,
         "RUNTIME": _env_choice(env, "GUITARS_RUNTIME", RUNTIMES),
         "TTA": _env_choice(env, "GUITARS_TTA", ("off", "flip")),
         "TOP_K": _env_number(env, "GUITARS_TOP_K", 3),
