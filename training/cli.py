@@ -248,7 +248,8 @@ def models_list_command(models_dir):
 @_fail_clearly
 def models_promote_command(run, models_dir, against, force, runtime):
     """Serve RUN (a run of the models folder) if it is not worse than the serving one on --against."""
-    from .gate import ALPHA, SCOPE_MARGIN, promote
+    from .gate import promote
+    from .versions import LOG
 
     decision = promote(models_dir.absolute(), run, against, force, runtime, progress=sys.stderr.isatty())
     entry = decision.entry
@@ -258,11 +259,10 @@ def models_promote_command(run, models_dir, against, force, runtime):
     for reason in decision.refusals:
         click.echo(f"Refused: {reason}" if not decision.promoted else f"Overridden (--force): {reason}")
     if not decision.promoted:
-        raise click.ClickException(f"{entry['run']} was not promoted (the gate: McNemar p < {ALPHA} against it, or "
-                                   f"more than {SCOPE_MARGIN * 100:.0f} points more rejected); --force REASON "
-                                   f"overrides, and is logged")
+        raise click.ClickException(f"{entry['run']} was not promoted (refused by the gate, logged); --force REASON "
+                                   f"overrides it, and is logged too")
     click.echo(f"Promoted {entry['run']}" + (f" (was {entry['serving']})" if entry["serving"] else "")
-               + f"; logged in {models_dir / 'promotions.jsonl'}")
+               + f"; logged in {models_dir / LOG}")
 
 
 @models_group.command("rollback")
