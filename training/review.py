@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 from .backbones import get_backbone
 from .batches import forward_files
 from .dataset import DatasetScan, duplicate_groups, scan_dataset
-from .fsutil import default_cache_dir, write_json
+from .fsutil import _UMASK, default_cache_dir, write_json
 from .labels import latest_decisions, read_decisions
 from .openset import FEATURE_BATCH, fit_scope
 
@@ -204,3 +206,25 @@ def read_queue(path: Path) -> dict:
     """A queue written by `flask dataset review`."""
     return json.loads(Path(path).read_text())
 
+
+
+def add_photo(folder: Path, stem: str, data: bytes) -> Path:
+    """Write `data` as a new JPEG in `folder` (stem.jpg, else stem-2.jpg, ...): whole or not at all, never over a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        for n in range(1, 1000):
+            target = folder / (f"{stem}.jpg" if n == 1 else f"{stem}-{n}.jpg")
+            try:
+                os.link(tmp, target)  # unlike a rename, a link refuses a name that is taken
+                return target
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free name for {stem}.jpg in {folder}")
+    finally:
+        os.unlink(tmp)

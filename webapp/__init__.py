@@ -33,7 +33,7 @@ def init_app(app: Flask) -> None:
     from training.cli import COMMANDS
     from training.decoding import allow_pixels
 
-    from . import api, db, errors, feedback, logs, metrics, pages, review, security
+    from . import api, db, errors, feedback, feedback_cli, logs, metrics, pages, review, security
     from .model import EXTENSION, ModelHolder
 
     app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
@@ -47,6 +47,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     feedback.init_app(app)
+    feedback_cli.init_app(app)  # flask feedback list | export | stats
     review.init_app(app)
     for command in COMMANDS:
         app.cli.add_command(command)

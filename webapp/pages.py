@@ -1,10 +1,15 @@
 """HTML pages: upload form, results with heat maps, and the model page."""
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, current_app, render_template, send_from_directory
+from sqlalchemy.exc import SQLAlchemyError
 
 from training.runfiles import CONFUSION_MATRIX_PNG
 
+from .db import get_db
+from .feedback_stats import agreement
 from .heatmap import heat_map
 from .model import model_holder
 from .photostore import photo_store
@@ -12,6 +17,7 @@ from .security import limit_model_use
 from .service import classify_request, current_predictor, model_summary, png_data_uri
 from .settings import MEGABYTE
 
+log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
 THUMBNAIL_SIDE = 320  # pixels: the uploaded photo as shown beside its heat map
 
@@ -40,7 +46,16 @@ def model():
     predictor = current_predictor()
     has_matrix_png = (predictor.path.parent / CONFUSION_MATRIX_PNG).is_file()
     return render_template("model.html", model=model_summary(predictor), report=predictor.report,
-                           has_matrix_png=has_matrix_png)
+                           has_matrix_png=has_matrix_png, people=people_said())
+
+
+def people_said() -> dict | None:
+    """The verdicts' agreement figures for /model; None (the page still renders) when the database fails."""
+    try:
+        return agreement(get_db())
+    except SQLAlchemyError:
+        log.exception("the verdicts could not be read for the model page")
+        return None
 
 
 @bp.get("/model/confusion_matrix.png")

@@ -51,8 +51,20 @@ def next_open(entries: list[dict], decided: dict, after: int = -1) -> int | None
     return next((i for i in order if entries[i]["path"] not in decided), None)
 
 
+@bp.context_processor
+def feedback_waiting() -> dict:
+    from .feedback_review import pending_count
+
+    return {"feedback_waiting": pending_count()}  # shown beside the queue on every review page
+
+
 @bp.get("/")
 def start():
+    from .feedback_review import pending_count
+
+    has_queue = queue_path(data_root(), current_app.config.get("REVIEW_QUEUE")).is_file()
+    if not has_queue and pending_count():  # photos people sent can be reviewed before any queue exists
+        return redirect(url_for("review_feedback.index"))
     queue = load_queue()
     index = next_open(queue["entries"], latest_decisions(read_decisions(data_root())))
     if index is None:
@@ -136,5 +148,8 @@ def register_page(app: Flask) -> None:
     """Serve the review page on `app`, whose config names the data folder and the token."""
     if not app.config.get("REVIEW_TOKEN"):
         raise ValueError("the review page needs a token (GUITARS_REVIEW_TOKEN) as well as GUITARS_REVIEW_DATA")
+    from . import feedback_review
+
     if bp.name not in app.blueprints:
         app.register_blueprint(bp)
+    feedback_review.register(app)

@@ -94,6 +94,8 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
         # The review page (webapp/review.py) exists only when both are set; `flask review` sets them itself.
         "REVIEW_DATA": env.get("GUITARS_REVIEW_DATA") or None,
         "REVIEW_TOKEN": env.get("GUITARS_REVIEW_TOKEN") or None,
+        # Accepted "none of these" feedback photos go to its feedback/ (webapp/feedback_review.py); unset: DATA-ood.
+        "FEEDBACK_OOD": env.get("GUITARS_FEEDBACK_OOD") or None,
         # Answers and verdicts (webapp/db.py). Without an instance folder (tests): a database in memory.
         "DATABASE_URL": env.get("GUITARS_DATABASE_URL")
         or (f"sqlite:///{instance_dir / 'guitars.db'}" if instance_dir else "sqlite://"),
