@@ -1,5 +1,5 @@
-"""The promotion gate on real runs: a run trained without pretrained weights is refused with the counts, --force
-promotes it and is logged, a better run is accepted; and the gate's rule on given counts."""
+"""The promotion gate on real runs: a run trained from random weights is refused with the counts, --force promotes
+it and is logged, a better run is accepted; and the gate's rule on given counts."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from scipy.stats import binomtest
 
 from tests.helpers import SMOKE_CLASSES
-from tests.model_versions import add_run, swapped_run
+from tests.model_versions import BETTER_RECIPE, add_run, swapped_run
 from training.cli import main
 from training.demo import make_demo_dataset
 from training.gate import ALPHA, Comparison
@@ -23,41 +23,52 @@ def test_set(tmp_path_factory):
                              classes=SMOKE_CLASSES, progress=False)
 
 
-@pytest.fixture(scope="module")
-def untrained_run(demo_data, tmp_path_factory):
-    """The smoke recipe from random weights: a run that is worse than `trained_run` on the same photos."""
-    out = tmp_path_factory.mktemp("runs") / "untrained"
-    result = CliRunner().invoke(main, ["train", "--data", str(demo_data), "--recipe", "smoke", "--no-pretrained",
-                                       "--out", str(out), "--no-progress"])
+def train(data, out, *options):
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--no-progress", *options])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def better_run(demo_data, tmp_path_factory):
+    """A run clearly better than chance on the drawings (the smoke run is not, reliably)."""
+    recipe = tmp_path_factory.mktemp("recipe") / "better.toml"
+    recipe.write_text(BETTER_RECIPE)
+    return train(demo_data, tmp_path_factory.mktemp("runs") / "better", "--recipe", str(recipe))
+
+
+@pytest.fixture(scope="module")
+def untrained_run(demo_data, tmp_path_factory):
+    """The smoke recipe from random weights: about chance, a run worse than `better_run` on the same photos."""
+    return train(demo_data, tmp_path_factory.mktemp("runs") / "untrained", "--recipe", "smoke", "--no-pretrained")
 
 
 def models_cli(*args):
     return CliRunner().invoke(main, ["models", *map(str, args)])
 
 
-def test_a_run_trained_from_random_weights_is_refused_with_the_counts(trained_run, untrained_run, test_set,
-                                                                      tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_run_trained_from_random_weights_is_refused_with_the_counts(better_run, untrained_run, test_set, tmp_path,
+                                                                      monkeypatch):
     monkeypatch.setenv("USER", "alice")  # getpass reads LOGNAME first
     monkeypatch.setenv("LOGNAME", "alice")
     models = tmp_path / "models"
-    add_run(models, "smoke", trained_run)
+    add_run(models, "better", better_run)
     add_run(models, "untrained", untrained_run)
-    first = models_cli("promote", "smoke", "--models", models)
-    assert first.exit_code == 0 and "Promoted smoke" in first.output, first.output  # nothing served: no gate
+    first = models_cli("promote", "better", "--models", models)
+    assert first.exit_code == 0 and "Promoted better" in first.output, first.output  # nothing served: no gate
 
     refused = models_cli("promote", "untrained", "--models", models, "--against", test_set)
     assert refused.exit_code == 1, refused.output
     entry = read_log(models)[-1]
     counts = entry["comparison"]
-    assert entry["decision"] == "refused" and entry["operator"] == "alice" and entry["serving"] == "smoke"
+    assert entry["decision"] == "refused" and entry["operator"] == "alice" and entry["serving"] == "better"
     assert (f"both right {counts['both_right']}, only serving right {counts['only_serving_right']}, only candidate "
             f"right {counts['only_candidate_right']}, both wrong {counts['both_wrong']}") in refused.output
     assert counts["n"] == 900 and counts["only_serving_right"] > counts["only_candidate_right"]
     assert counts["p_value"] < ALPHA and f"p = {counts['p_value']:.3g}" in refused.output
     assert any(reason.startswith("worse beyond chance") for reason in entry["refusals"])
-    assert read_pointer(models).current.run == "smoke"  # still served
+    assert read_pointer(models).current.run == "better"  # still served
 
     forced = models_cli("promote", "untrained", "--models", models, "--against", test_set,
                         "--force", "demo needs the random-weights model today")
@@ -69,30 +80,31 @@ def test_a_run_trained_from_random_weights_is_refused_with_the_counts(trained_ru
     assert read_pointer(models).current.run == "untrained"
 
     back = models_cli("rollback", "--models", models)
-    assert back.exit_code == 0 and "from untrained to smoke" in back.output
-    assert read_pointer(models).current.run == "smoke"
+    assert back.exit_code == 0 and "from untrained to better" in back.output
+    assert read_pointer(models).current.run == "better"
     assert [e["decision"] for e in read_log(models)] == ["promoted", "refused", "forced", "rolled back"]
     lines = (models / "promotions.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == read_log(models)  # one whole object a line, appended
 
 
-def test_a_better_run_is_accepted_and_the_worse_refused(trained_run, test_set, tmp_path):
+@pytest.mark.slow
+def test_a_better_run_is_accepted_and_the_worse_refused(better_run, test_set, tmp_path):
     models = tmp_path / "models"
-    add_run(models, "smoke", trained_run)
-    swapped_run(models, "swapped", trained_run)  # right exactly where the smoke run answered the previous class
+    add_run(models, "better", better_run)
+    swapped_run(models, "swapped", better_run)  # same detector; right only where `better` answered the previous class
     assert models_cli("promote", "swapped", "--models", models).exit_code == 0
 
-    better = models_cli("promote", "smoke", "--models", models, "--against", test_set)
-    assert better.exit_code == 0 and "Promoted smoke (was swapped)" in better.output, better.output
+    accepted = models_cli("promote", "better", "--models", models, "--against", test_set)
+    assert accepted.exit_code == 0 and "Promoted better (was swapped)" in accepted.output, accepted.output
     entry = read_log(models)[-1]
     counts = entry["comparison"]
     assert entry["decision"] == "promoted" and entry["refusals"] == [] and entry["forced"] is None
     assert counts["both_right"] == 0 and counts["candidate_accuracy"] > counts["serving_accuracy"]
-    assert read_pointer(models).current.run == "smoke"
+    assert read_pointer(models).current.run == "better"
 
-    worse = models_cli("promote", "swapped", "--models", models, "--against", test_set)
-    assert worse.exit_code == 1 and "Refused: worse beyond chance" in worse.output, worse.output
-    assert read_pointer(models).current.run == "smoke"
+    refused = models_cli("promote", "swapped", "--models", models, "--against", test_set)
+    assert refused.exit_code == 1 and "Refused: worse beyond chance" in refused.output, refused.output
+    assert read_pointer(models).current.run == "better"
 
 
 def comparison(right=(50, 0, 0, 50), rejected=(0, 0, 0)) -> Comparison:
