@@ -33,7 +33,7 @@ def init_app(app: Flask) -> None:
     from training.cli import COMMANDS
     from training.decoding import allow_pixels
 
-    from . import api, db, errors, feedback, feedback_cli, logs, metrics, pages, review, security
+    from . import api, db, errors, feedback, feedback_cli, logs, metrics, monitor, pages, review, security
     from .model import EXTENSION, ModelHolder
 
     app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
@@ -46,6 +46,7 @@ def init_app(app: Flask) -> None:
     metrics.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(monitor.bp)  # /monitor and /api/v1/monitor: live answers against validation
     feedback.init_app(app)
     feedback_cli.init_app(app)  # flask feedback list | export | stats
     review.init_app(app)

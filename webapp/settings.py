@@ -104,4 +104,9 @@ def load_settings(env, instance_dir: Path | None = None) -> dict:
         "FEEDBACK_DIR": env.get("GUITARS_FEEDBACK_DIR") or (str(instance_dir / "feedback") if instance_dir else None),
         "FEEDBACK_MAX_MB": _env_number(env, "GUITARS_FEEDBACK_MAX_MB", 200, float),
         "FEEDBACK_RETENTION_DAYS": _env_number(env, "GUITARS_FEEDBACK_RETENTION_DAYS", 90, float),
+        # The monitor's drift warning (webapp/monitor.py): a share at DRIFT_RATIO x its validation rate, or a class
+        # mix this far (total variation) from training's, over at least DRIFT_MIN_ANSWERS answers.
+        "DRIFT_RATIO": _env_number(env, "GUITARS_DRIFT_RATIO", 3.0, float),
+        "DRIFT_MIN_ANSWERS": _env_number(env, "GUITARS_DRIFT_MIN_ANSWERS", 50),
+        "DRIFT_CLASS_DISTANCE": _env_number(env, "GUITARS_DRIFT_CLASS_DISTANCE", 0.3, float),
     }
