@@ -9,8 +9,10 @@ export FLASK_APP := wsgi
 # Where Debian installs the browser and the proxy the tests drive (tests/helpers.py reads CHROMIUM too).
 CHROMIUM ?= /usr/bin/chromium
 NGINX ?= /usr/sbin/nginx
+# Debian's PostgreSQL server programs, which tests/postgres.py starts (it reads PG_BIN too).
+PG_BIN ?= /usr/lib/postgresql/15/bin
 
-.PHONY: venv run serve serve-proxy demo test test-fast lint browser proxy bench bench-serve bench-train clean
+.PHONY: venv run serve serve-proxy demo test test-fast lint browser proxy postgres bench bench-serve bench-train clean
 
 venv: $(STAMP)
 
@@ -54,7 +56,11 @@ proxy:
 	@command -v nginx >/dev/null || test -x $(NGINX) || (apt-get update -q && apt-get install -y -q nginx-light) || \
 		{ $(call tool_missing,nginx,the deployment tests); }
 
-test: $(STAMP) browser proxy
+postgres:
+	@test -x $(PG_BIN)/initdb || (apt-get update -q && apt-get install -y -q postgresql) || \
+		{ $(call tool_missing,postgresql,the PostgreSQL tests); }
+
+test: $(STAMP) browser proxy postgres
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -13,7 +13,8 @@ from alembic.migration import MigrationContext
 from PIL import Image
 from sqlalchemy import func, inspect, select
 
-from tests.helpers import SMOKE_CLASSES, encode, upload
+from tests.feedback_flow import photo_with_gps
+from tests.helpers import SMOKE_CLASSES, upload
 from webapp import create_app, db
 from webapp.model import EXTENSION as MODEL
 from webapp.model import ModelHolder
@@ -65,15 +66,6 @@ def test_times_come_back_as_utc_whatever_zone_they_went_in(tmp_path):
 
 
 # --- the app: answer ids, verdicts, photos -------------------------------------------------------------------------
-
-def photo_with_gps(path, size=(2000, 1500)) -> bytes:
-    """A real demo photo, enlarged past the store's 1024 px, carrying a camera make and GPS coordinates."""
-    image = Image.open(path).convert("RGB").resize(size)
-    exif = Image.Exif()
-    exif[0x010F] = "SpyCam"  # Make
-    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 0.0)}  # GPSInfo
-    return encode(image, "JPEG", exif=exif, quality=92)
-
 
 @pytest.fixture(scope="module")
 def served(trained_run):
