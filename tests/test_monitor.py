@@ -117,6 +117,8 @@ def test_a_warning_only_past_the_rule(monitor_app, mclient, monkeypatch):
     monkeypatch.setitem(monitor_app.config, "DRIFT_MIN_ANSWERS", 11)
     said = {(w["window"], w["kind"]) for w in mclient.get("/api/v1/monitor").json["warnings"]}
     assert ("hour", "out_of_scope") in said and ("hour", "not_sure") in said  # 4/11 against 10%: 3.6x
+    page = mclient.get("/monitor").get_data(as_text=True)  # one warning a kind, the hour's, naming the week too
+    assert page.count('data-kind="out_of_scope"') == 1 and "Also over the last 7 days." in page
     monkeypatch.setitem(monitor_app.config, "DRIFT_RATIO", 8.0)
     monkeypatch.setitem(monitor_app.config, "DRIFT_CLASS_DISTANCE", 0.9)
     assert mclient.get("/api/v1/monitor").json["warnings"] == []
