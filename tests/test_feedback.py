@@ -312,3 +312,12 @@ def test_when_the_database_cannot_be_written_answers_go_out_without_ids_and_no_p
     response = predict(app.test_client(), photos, share="true")
     assert response.status_code == 200 and [r["id"] for r in response.json["results"]] == [None, None]
     assert stored(app) == []
+
+
+def test_the_openapi_file_documents_the_feedback_route_the_ids_and_share(make_app):
+    spec = make_app().test_client().get("/api/v1/openapi.json").json
+    feedback_route = spec["paths"]["/api/v1/feedback"]["post"]
+    assert {"201", "404", "409", "422"} <= set(feedback_route["responses"])
+    assert "id" in spec["components"]["schemas"]["Result"]["properties"]
+    predict_form = spec["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert "share" in predict_form["schema"]["properties"] and "507" in spec["paths"]["/api/v1/predict"]["post"]["responses"]
