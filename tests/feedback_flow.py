@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -22,6 +24,13 @@ def photo_with_gps(path, size=(2000, 1500)) -> bytes:
     exif[0x010F] = "SpyCam"  # Make
     exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 0.0)}  # GPSInfo
     return encode(image, "JPEG", exif=exif, quality=92)
+
+
+def schema_diff(engine) -> list:
+    """What Alembic's autogenerate would change to make the database match the models (types included)."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+        return compare_metadata(context, db.Base.metadata)
 
 
 def predict(url: str, photos: list[bytes], **form) -> requests.Response:

@@ -8,12 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from PIL import Image
 from sqlalchemy import func, inspect, select
 
-from tests.feedback_flow import photo_with_gps
+from tests.feedback_flow import photo_with_gps, schema_diff
 from tests.helpers import SMOKE_CLASSES, upload
 from webapp import create_app, db
 from webapp.model import EXTENSION as MODEL
@@ -21,13 +19,6 @@ from webapp.model import ModelHolder
 from webapp.photostore import EXTENSION as PHOTOS
 from webapp.photostore import reencode
 from webapp.settings import MEGABYTE
-
-
-def schema_diff(engine) -> list:
-    """What Alembic's autogenerate would change to make the database match the models (types included)."""
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
-        return compare_metadata(context, db.Base.metadata)
 
 
 def test_the_migration_creates_exactly_the_models_schema(tmp_path):

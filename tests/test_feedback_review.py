@@ -149,3 +149,13 @@ def test_add_photo_never_replaces_a_file(tmp_path):
     assert (first.name, second.name) == ("feedback-x.jpg", "feedback-x-2.jpg")
     assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback-x-2.jpg", "feedback-x.jpg"]
+
+
+def test_flask_evaluate_ood_scores_the_accepted_none_of_these_photos(review, trained_run):
+    app, client, data, ids = review
+    client.post(f"/review/feedback/{ids['none']}", data={"decision": "accepted"})
+    result = app.test_cli_runner().invoke(args=["evaluate", "--model", str(trained_run), "--data", str(data),
+                                                "--ood", str(data.with_name("data-ood")), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["out_of_scope"]["feedback"]["n"] == 1

@@ -9,9 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from tests import postgres
-from tests.feedback_flow import api_flow, concurrent_verdicts, photo_with_gps
+from tests.feedback_flow import api_flow, concurrent_verdicts, photo_with_gps, schema_diff
 from tests.helpers import ROOT, gunicorn_server, upload
-from tests.test_feedback import schema_diff
 from webapp import create_app, db
 from webapp.model import EXTENSION as MODEL
 from webapp.model import ModelHolder

@@ -133,6 +133,10 @@ def review_command(data_dir, queue_file, port, token):
                       REVIEW_QUEUE=str(queue_file) if queue_file else None)
     register_page(app)
     click.echo(f"Review {data_dir} at http://127.0.0.1:{port}/review/?token={token}  (Ctrl+C to stop)")
+    from .feedback_review import pending_count
+
+    if waiting := pending_count():
+        click.echo(f"{waiting} photos people sent wait beside the queue: http://127.0.0.1:{port}/review/feedback/")
     # werkzeug's server on loopback: one person's tool, not a public site (that is gunicorn's job).
     run_simple("127.0.0.1", port, app, threaded=True)
 
