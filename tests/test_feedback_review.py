@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
+import requests
 from PIL import Image
 from sqlalchemy import select
 
 from tests.feedback_seed import add, feedback_app, photo_with_exif
+from tests.helpers import ROOT, free_port, wait_ready
 from training.dataset import scan_dataset
 from training.review import add_photo
 from webapp import db
@@ -159,3 +165,28 @@ def test_flask_evaluate_ood_scores_the_accepted_none_of_these_photos(review, tra
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["out_of_scope"]["feedback"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_flask_review_names_the_waiting_photos_and_its_pages_answer_at_once(review, tmp_path):
+    """The command counts the photos before serving; its pages must not wait on a database lock it kept."""
+    _, _, data, _ = review
+    port, log = free_port(), open(tmp_path / "review.log", "w")
+    env = {**os.environ, "GUITARS_SECRET_KEY": "test-secret", "GUITARS_DATABASE_URL": f"sqlite:///{tmp_path / 'guitars.db'}",
+           "GUITARS_FEEDBACK_DIR": str(tmp_path / "feedback")}
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "review", "--data", str(data), "--port",
+                             str(port), "--token", TOKEN], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, time.monotonic() + 60, path="/healthz")
+        started = time.monotonic()
+        with requests.Session() as browser:
+            first = browser.get(f"{url}/review/?token={TOKEN}", allow_redirects=False, timeout=30)
+            assert first.status_code == 302 and first.headers["Location"].endswith("/review/feedback/")
+            assert "3 photos shared with consent wait" in browser.get(url + "/review/feedback/", timeout=30).text
+        assert time.monotonic() - started < 5  # a lock held by the command would make each page wait 10 s
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert "3 photos people sent wait beside the queue" in (tmp_path / "review.log").read_text()

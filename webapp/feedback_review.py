@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, send_file, url_for
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from training.review import add_photo
 
@@ -29,10 +30,10 @@ def pending():
             .where(Answer.photo.is_not(None), Verdict.reviewed_at.is_(None)))
 
 
-def pending_count() -> int:
+def pending_count(session: Session | None = None) -> int:
     """How many feedback photos wait for a decision (0 when the database cannot be read: the queue still works)."""
     try:
-        return get_db().scalar(select(func.count()).select_from(pending().subquery()))
+        return (session or get_db()).scalar(select(func.count()).select_from(pending().subquery()))
     except SQLAlchemyError:
         log.exception("feedback photos could not be counted")
         return 0

@@ -133,9 +133,14 @@ def review_command(data_dir, queue_file, port, token):
                       REVIEW_QUEUE=str(queue_file) if queue_file else None)
     register_page(app)
     click.echo(f"Review {data_dir} at http://127.0.0.1:{port}/review/?token={token}  (Ctrl+C to stop)")
+    from .db import database
     from .feedback_review import pending_count
 
-    if waiting := pending_count():
+    # A session of its own, closed at once: one left open in the command's context would hold SQLite's write lock
+    # (every transaction takes it) for as long as the page runs, and lock its requests out.
+    with database(app).sessions() as session:
+        waiting = pending_count(session)
+    if waiting:
         click.echo(f"{waiting} photos people sent wait beside the queue: http://127.0.0.1:{port}/review/feedback/")
     # werkzeug's server on loopback: one person's tool, not a public site (that is gunicorn's job).
     run_simple("127.0.0.1", port, app, threaded=True)
