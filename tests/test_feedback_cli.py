@@ -113,3 +113,28 @@ def test_the_model_page_shows_what_people_said(trained_run, tmp_path):
     assert 'data-label="stratocaster" data-verdicts="2" data-rate="0.5"' in page
     assert 'data-label="les_paul" data-verdicts="1" data-rate="1.0"' in page
     assert "67%" in page and "in 3 verdicts" in page and "flask feedback stats" in page
+
+
+def test_export_holds_no_database_lock_while_it_copies_photos(seeded, tmp_path, monkeypatch):
+    import sqlite3
+
+    from webapp import feedback_cli
+
+    app, _ = seeded
+    writable, atomic_path = [], feedback_cli.atomic_path
+
+    def copy_while_a_worker_writes(target):
+        connection = sqlite3.connect(tmp_path / "guitars.db", timeout=0, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")  # what a worker logging an answer does
+            connection.execute("ROLLBACK")
+            writable.append(True)
+        except sqlite3.OperationalError:
+            writable.append(False)
+        finally:
+            connection.close()
+        return atomic_path(target)
+
+    monkeypatch.setattr(feedback_cli, "atomic_path", copy_while_a_worker_writes)
+    invoke(app, "export", "--out", str(tmp_path / "export"))
+    assert writable and all(writable)

@@ -9,10 +9,11 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from training.fsutil import atomic_path
 
-from .db import Answer, Verdict, get_db
+from .db import Answer, Verdict, database
 from .feedback_stats import agreement
 from .photostore import photo_store
 
@@ -36,10 +37,14 @@ def served(answer: Answer) -> str:
 
 
 def verdicts_newest_first(limit: int | None = None, pending: bool = False) -> list[Verdict]:
-    query = select(Verdict).join(Answer, Verdict.answer_id == Answer.id).order_by(Verdict.created_at.desc())
+    """The verdicts with their answers, read in one short session: on SQLite every transaction holds the write lock,
+    so one kept open while photos are copied would make the server's workers wait to log their answers."""
+    query = (select(Verdict).join(Answer, Verdict.answer_id == Answer.id).options(joinedload(Verdict.answer))
+             .order_by(Verdict.created_at.desc()))
     if pending:
         query = query.where(Answer.photo.is_not(None), Verdict.reviewed_at.is_(None))
-    return list(get_db().scalars(query.limit(limit)))
+    with database().sessions() as session:
+        return list(session.scalars(query.limit(limit)))
 
 
 @click.group("feedback", cls=AppGroup)  # its commands run inside the app context: the database
@@ -113,7 +118,8 @@ def percent(row: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def stats_command(as_json):
     """How often the served answers were right, by the people's verdicts: overall, per class, per model version."""
-    stats = agreement(get_db())
+    with database().sessions() as session:
+        stats = agreement(session)
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
