@@ -1,11 +1,12 @@
 """The monitor: live answers of the served model against what its validation split predicted, hour by hour."""
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from flask import Blueprint, Response, abort, current_app, render_template
-from sqlalchemy import select
+from flask import Blueprint, current_app, render_template
+from sqlalchemy import case, func, literal, select, text
 from sqlalchemy.orm import Session
 
 from training.inference import Predictor
@@ -76,19 +77,23 @@ def total_variation(live: dict[str, float], training: dict[str, float]) -> float
     return sum(abs(live.get(c, 0.0) - training.get(c, 0.0)) for c in live.keys() | training.keys()) / 2
 
 
-def window_figures(rows: list[tuple], sha256: str, start: datetime, end: datetime, expected: dict) -> dict:
-    """The figures of the answers in (start, end]: the served model's against validation, others only counted."""
-    inside = [r for r in rows if start < r[0] <= end]
-    ours = [r for r in inside if r[1] == sha256]
-    in_scope = [r for r in ours if r[4]]
+def window_figures(counts: list[tuple], sha256: str, hours: int, end: datetime, expected: dict) -> dict:
+    """The figures of the answers of the last `hours` hours: the served model's against validation, others only
+    counted. `counts` are answer_counts' rows."""
+    inside = [c for c in counts if c[0] < hours]
+    ours = [c for c in inside if c[1] == sha256]
+    answers = sum(c[5] for c in ours)
+    in_scope = sum(c[5] for c in ours if c[4])
     mix: dict[str, float] = {}
-    for r in in_scope:
-        mix[r[2]] = mix.get(r[2], 0.0) + 1 / len(in_scope)
+    for c in ours:
+        if c[4]:
+            mix[c[2]] = mix.get(c[2], 0) + c[5] / in_scope
     return {
-        "start": start.isoformat(), "end": end.isoformat(), "answers": len(ours), "other_models": len(inside) - len(ours),
-        "not_sure": rate(sum(bool(r[3]) for r in ours), len(ours), expected["not_sure"]),
-        "out_of_scope": rate(len(ours) - len(in_scope), len(ours), expected["out_of_scope"]),
-        "class_mix": {"answers": len(in_scope), "live": dict(sorted(mix.items())),
+        "start": (end - hours * HOUR).isoformat(), "end": end.isoformat(), "answers": answers,
+        "other_models": sum(c[5] for c in inside) - answers,
+        "not_sure": rate(sum(c[5] for c in ours if c[3]), answers, expected["not_sure"]),
+        "out_of_scope": rate(answers - in_scope, answers, expected["out_of_scope"]),
+        "class_mix": {"answers": in_scope, "live": dict(sorted(mix.items())),
                       "distance": total_variation(mix, expected["class_mix"]) if in_scope else None},
     }
 
@@ -115,25 +120,42 @@ def warnings(windows: dict[str, dict], rule: DriftRule) -> list[dict]:
     return said
 
 
-def answer_rows(session: Session, since: datetime, until: datetime) -> list[tuple]:
-    """(created_at, model_sha256, label, uncertain, in_scope) of every answer in (since, until]; never more than the
-    log's bound (GUITARS_ANSWER_LOG_MAX_ROWS), and no photo."""
-    query = (select(Answer.created_at, Answer.model_sha256, Answer.label, Answer.uncertain, Answer.in_scope)
-             .where(Answer.created_at > since, Answer.created_at <= until))
-    return [tuple(row) for row in session.execute(query)]
+def hours_back(end: datetime, low: int, high: int):
+    """SQL for the hours between `end` and an answer's time, known to be from `low` to `high` (excluded): a binary
+    search of CASEs, so each row is compared about log2(high - low) times, not once for every hour."""
+    if high - low == 1:
+        return literal(low)
+    middle = (low + high) // 2
+    return case((Answer.created_at > end - middle * HOUR, hours_back(end, low, middle)),
+                else_=hours_back(end, middle, high))
 
 
-def hourly(rows: list[tuple], sha256: str, end: datetime, hours: int) -> list[dict]:
+def answer_counts(session: Session, end: datetime, hours: int) -> list[tuple]:
+    """(hours back, model_sha256, label, uncertain, in_scope, answers) for the answers of the `hours` hours up to
+    `end`, counted by the database: hour 0 is (end - 1 h, end], as the windows count. No row is fetched, so the log's
+    size (GUITARS_ANSWER_LOG_MAX_ROWS) costs the database, not the worker."""
+    back = hours_back(end, 0, hours).label("back")
+    query = (select(back, Answer.model_sha256, Answer.label, Answer.uncertain, Answer.in_scope, func.count())
+             .where(Answer.created_at > end - hours * HOUR, Answer.created_at <= end)
+             # By the output names: PostgreSQL would not match the CASE's bind parameters written out twice.
+             .group_by(text("back"), Answer.model_sha256, Answer.label, Answer.uncertain, Answer.in_scope))
+    counts = [tuple(row) for row in session.execute(query)]
+    # End the read at once: db.py begins every SQLite transaction IMMEDIATE (the write lock), and the other workers'
+    # answers would wait on it while the figures are worked out and drawn.
+    session.rollback()
+    return counts
+
+
+def hourly(counts: list[tuple], sha256: str, end: datetime, hours: int) -> list[dict]:
     """The served model's answers hour by hour, the oldest first; the newest hour is the "hour" window."""
     buckets = [{"start": (end - (hours - i) * HOUR).isoformat(), "answers": 0, "not_sure": 0, "out_of_scope": 0}
                for i in range(hours)]
-    for created, sha, _label, uncertain, in_scope in rows:
-        back = (end - created) // HOUR  # 0 for (end - 1 h, end], as the windows count
-        if sha == sha256 and 0 <= back < hours and created <= end:
+    for back, sha, _label, uncertain, in_scope, n in counts:
+        if sha == sha256 and back < hours:
             bucket = buckets[hours - 1 - back]
-            bucket["answers"] += 1
-            bucket["not_sure"] += bool(uncertain)
-            bucket["out_of_scope"] += not in_scope
+            bucket["answers"] += n
+            bucket["not_sure"] += n if uncertain else 0
+            bucket["out_of_scope"] += 0 if in_scope else n
     return buckets
 
 
@@ -141,15 +163,15 @@ def monitor_figures(predictor: Predictor, session: Session, end: datetime) -> di
     """Everything the monitor shows, as plain data (the page, the pictures and /api/v1/monitor)."""
     unsure_below, _ = unsure_below_in_force(predictor)
     expected = expectations(predictor.report, unsure_below, predictor.unsure_below, predictor.scope is not None)
-    rows = answer_rows(session, end - WINDOWS["week"], end)
-    windows = {name: window_figures(rows, predictor.sha256, end - span, end, expected)
+    counts = answer_counts(session, end, WINDOWS["week"] // HOUR)
+    windows = {name: window_figures(counts, predictor.sha256, span // HOUR, end, expected)
                for name, span in WINDOWS.items()}
     rule = DriftRule.from_config(current_app.config)
     return {
         "now": end.isoformat(),
         "model": {"sha256": predictor.sha256, "version": model_holder().version(predictor),
                   "names": predictor.names, "unsure_below": unsure_below},
-        "validation": expected, "windows": windows, "hourly": hourly(rows, predictor.sha256, end, 7 * 24),
+        "validation": expected, "windows": windows, "hourly": hourly(counts, predictor.sha256, end, WINDOWS["week"] // HOUR),
         "warnings": warnings(windows, rule), "drift_rule": rule.to_json(),
     }
 
@@ -160,21 +182,17 @@ def current_figures() -> dict:
 
 @bp.get("/monitor")
 def page():
-    return render_template("monitor.html", m=current_figures(), titles=WINDOW_TITLES)
+    from .monitor_charts import class_mix_png, traffic_png
+
+    m = current_figures()
+    # The pictures go inline (as the results page's heat maps do): the figures are worked out once a page view,
+    # not again for each picture.
+    pictures = {"day": traffic_png(m, 24), "week": traffic_png(m, 7 * 24), "classes": class_mix_png(m)}
+    return render_template("monitor.html", m=m, titles=WINDOW_TITLES,
+                           pictures={k: "data:image/png;base64," + base64.b64encode(v).decode()
+                                     for k, v in pictures.items()})
 
 
 @bp.get("/api/v1/monitor")
 def api():
     return current_figures()
-
-
-@bp.get("/monitor/<window>.png")
-def picture(window: str):
-    from .monitor_charts import class_mix_png, traffic_png
-
-    if window not in ("day", "week", "classes"):
-        abort(404)
-    figures = current_figures()
-    png = class_mix_png(figures) if window == "classes" else traffic_png(figures, WINDOWS[window] // HOUR)
-    # Drawn afresh for each request: the figures move with every answer, so a cache would show stale ones.
-    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure  # not pyplot: no global state, so request threads may draw at once
+from matplotlib.ticker import PercentFormatter
 
 INK, MUTED, ACCENT, SCOPE, GRID = "#1d2430", "#5b6472", "#c0392b", "#5a6a7e", "#e6e2dc"
 WIDTH_IN, DPI = 9.4, 100
@@ -49,7 +50,7 @@ def traffic_png(figures: dict, hours: int) -> bytes:
             shares.axhline(expected[key], color=colour, linestyle="--", linewidth=1.2,
                            label=f"{label}, validation {expected[key]:.0%}")
     shares.set_ylim(0, 1.02)
-    shares.yaxis.set_major_formatter(lambda y, _pos: f"{y:.0%}")
+    shares.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     shares.set_ylabel("share of that hour", color=MUTED, fontsize=9)
     figure.legend(loc="outside lower center", fontsize=8, frameon=False, ncols=4)
     locator = AutoDateLocator()
@@ -76,7 +77,7 @@ def class_mix_png(figures: dict) -> bytes:
     axes.barh([r - 0.2 for r in rows], [training.get(c, 0) for c in classes], height=0.38, color="#b9b2a6",
               label="training data")
     axes.set_yticks(list(rows), [names.get(c, c) for c in classes], fontsize=9, color=INK)
-    axes.xaxis.set_major_formatter(lambda x, _pos: f"{x:.0%}")
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
     figure.legend(loc="outside upper center", fontsize=8, frameon=False, ncols=2)
     _style(axes)
     axes.grid(axis="x", color=GRID, linewidth=0.8)
