@@ -241,6 +241,8 @@ def test_with_no_room_for_photos_the_upload_page_does_not_ask_and_share_is_refus
     refused = predict(client, photos, share="true")
     assert (refused.status_code, refused.json["error"]["code"]) == (507, "photo_store_full")
     assert "keeps no shared photos" in refused.json["error"]["message"]
+    unread = predict(client, [b"not an image"], share="true")  # refused before any decoding
+    assert (unread.status_code, unread.json["error"]["code"]) == (507, "photo_store_full")
     assert rows(app, db.Answer) == [] and stored(app) == []
     assert predict(client, photos).status_code == 200  # without sharing, answers as ever
 
