@@ -218,3 +218,35 @@ def test_answers_served_by_the_api_are_counted(monitor_app, mclient, demo_data, 
     assert hour["out_of_scope"]["count"] == int(not result["in_scope"])
     if result["in_scope"]:
         assert hour["class_mix"]["live"] == {result["predictions"][0]["label"]: 1.0}
+
+
+def known_counts(url: str) -> list[tuple]:
+    """answer_counts over KNOWN_LOG in a fresh database at `url`."""
+    from sqlalchemy.orm import Session
+
+    from webapp.db import make_engine, upgrade
+    from webapp.monitor import answer_counts
+
+    engine = make_engine(url)
+    upgrade(engine)
+    try:
+        with Session(engine) as session:
+            session.add_all(Answer(created_at=NOW - age, model_sha256=sha[0] if sha else "served", label=label,
+                                   probability=0.5, uncertain=uncertain, in_scope=in_scope, scores=[])
+                            for n, age, uncertain, in_scope, label, *sha in KNOWN_LOG for _ in range(n))
+            session.commit()
+            return sorted(answer_counts(session, NOW, 7 * 24))
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_counts_as_sqlite_does():
+    """The hour buckets are a CASE grouped by its output name: PostgreSQL must read them as SQLite does."""
+    from tests import postgres
+
+    if not postgres.available():
+        pytest.skip("PostgreSQL is not installed (make postgres)")
+    with postgres.postgres_server() as new_database:
+        counts = known_counts("sqlite://")
+        assert sum(c[5] for c in counts) == 127  # the week's 120 answers and the other model's 7
+        assert known_counts(new_database()) == counts
