@@ -34,7 +34,7 @@ def monitor_app(trained_run, tmp_path_factory):
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
     report = json.loads((run / "report.json").read_text())
     report["validation"]["n"] = VALID_N
-    report["groups"] = {**report.get("groups", {}), "n": VALID_N, "unsure": VALID_UNSURE}
+    report["calibration"]["unsure_share"] = VALID_UNSURE / VALID_N
     report["scope"]["valid_rejected"] = VALID_REJECTED
     report["dataset"]["counts"] = COUNTS
     (run / "report.json").write_text(json.dumps(report))
@@ -177,6 +177,8 @@ def test_validation_expectations_say_what_they_cannot_know():
     partly = expectations({**report, "groups": {"n": 6, "unsure": 3}}, 0.4, 0.4)  # groups cover some classes only
     assert partly["not_sure"] is None and partly["not_sure_unknown"]
     assert expectations({"validation": {"n": 10}}, 0.4, 0.4)["not_sure"] is None
+    measured = expectations({**report, "groups": {}, "calibration": {"unsure_share": 0.2}}, 0.4, 0.4)
+    assert measured["not_sure"] == 0.2  # the share training records, for a model with or without groups
     assert expectations({"validation": {"n": 10}}, 0.4, 0.4)["out_of_scope"] is None  # a detector, no figure
     assert expectations({"validation": {"n": 10}}, 0.4, 0.4, has_detector=False)["out_of_scope"] == 0.0
 

@@ -119,6 +119,8 @@ def calibrate(learn, logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict,
         # Fitted and measured on the validation split itself: one parameter, so the optimism is small.
         "unsure_below": round(unsure_threshold(after, targets.numpy()), 4),
     }
+    # The share of validation photos shown as "not sure": what live traffic is held against (webapp/monitor.py).
+    figures["unsure_share"] = round(float((after.max(axis=1) < figures["unsure_below"]).mean()), 4)
     return figures, after
 
 

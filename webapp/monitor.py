@@ -53,7 +53,9 @@ def expectations(report: dict, unsure_below: float, model_line: float, has_detec
     not_sure, why = None, "report.json records no not-sure share of the validation photos"
     if unsure_below != model_line:
         why = f"GUITARS_UNSURE_BELOW ({unsure_below:g}) replaces the line validation was measured at ({model_line:g})"
-    elif groups.get("n") and groups.get("n") == validation.get("n"):
+    elif (report.get("calibration") or {}).get("unsure_share") is not None:
+        not_sure, why = report["calibration"]["unsure_share"], None
+    elif groups.get("n") and groups.get("n") == validation.get("n"):  # a model trained before unsure_share
         # group_figures counts the not-sure photos of grouped classes: every class is grouped here, so all of them.
         not_sure, why = groups["unsure"] / groups["n"], None
     out_of_scope = (scope or {}).get("valid_rejected")
