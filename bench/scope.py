@@ -46,7 +46,7 @@ def compute_sets(run: Path, data: Path, ood: Path) -> dict[str, np.ndarray]:
     """[logits | features | ImageNet logits] of every set, and each out-of-scope photo's kind (its folder)."""
     predictor = Predictor.load(run, runtime="torch")
     check = ImageNetCheck(predictor.mean, predictor.std)
-    forward = feature_forward(predictor.model, predictor.size, len(predictor.classes), check=check, exact=True)
+    forward = feature_forward(predictor.model, predictor.size, len(predictor.classes), check=check)
     size, mean, std = predictor.size, predictor.mean, predictor.std
     split = read_split(run)
     train = [data / p for p in split.paths(valid=False)]

@@ -46,6 +46,21 @@ def test_the_detector_survives_the_trip_through_the_model_metadata():
     assert again.threshold == detector.threshold and ScopeDetector.from_meta(None) is None
 
 
+def test_mahalanobis_plus_plus_scores_directions_not_lengths():
+    rng = np.random.default_rng(3)
+    known = rng.standard_normal((3, 32))
+    labels = np.repeat(np.arange(3), 200)
+    detector = fit_scope(clusters(rng, known, 200), labels, clusters(rng, known, 40), normalise=True)
+    photos = clusters(rng, known, 10)
+    assert detector.method == "l2-mahalanobis"
+    assert np.allclose(detector.scores(3 * photos), detector.scores(photos), rtol=1e-3)  # a longer feature, same direction
+    plain = fit_scope(clusters(rng, known, 200), labels, clusters(rng, known, 40))
+    assert not np.allclose(plain.scores(3 * photos), plain.scores(photos), rtol=0.1)
+    again = ScopeDetector.from_meta(detector.to_meta())
+    assert again.normalise and np.allclose(again.scores(photos), detector.scores(photos), rtol=1e-3)
+    assert not ScopeDetector.from_meta({**plain.to_meta(), "normalise": None}).normalise  # older exports
+
+
 def test_the_imagenet_profile_rejects_what_the_features_alone_accept():
     rng = np.random.default_rng(2)
     known = rng.standard_normal((3, 32))
@@ -106,7 +121,7 @@ def drawn_non_guitars(count: int = 6) -> list[bytes]:
 
 def test_training_fits_a_detector_and_the_api_says_what_is_out_of_scope(client, trained_run, demo_data):
     scope = read_report(trained_run)["scope"]
-    assert scope["method"] == "mahalanobis+imagenet" and scope["keep"] == 0.95 and scope["valid_rejected"] <= 0.2
+    assert scope["method"] == "l2-mahalanobis+imagenet" and scope["keep"] == 0.95 and scope["valid_rejected"] <= 0.2
     assert client.get("/api/v1/model").json["scope"]["threshold"] == pytest.approx(scope["threshold"], abs=1e-6)
     files = [upload(data, f"drawn-{k}.png") for k, data in enumerate(drawn_non_guitars())]
     results = client.post("/api/v1/predict", data={"file": files}, content_type="multipart/form-data").json["results"]

@@ -17,7 +17,16 @@ from .groups import fit_group_line, group_figures
 from .learner import CPUAutocast, LabelOf
 from .metrics import classification_metrics, plot_confusion_matrix
 from .mistakes import mistake_rows, write_mistakes_csv
-from .openset import IMAGENET_CLASSES, ImageNetCheck, ScopeDetector, feature_forward, fit_scope, image_features, profile_scores
+from .openset import (
+    IMAGENET_CLASSES,
+    ImageNetCheck,
+    ScopeDetector,
+    closeup_features,
+    feature_forward,
+    fit_scope,
+    image_features,
+    profile_scores,
+)
 from .report import build_report, summary_text
 from .runfiles import CONFUSION_MATRIX_PNG, EXPORT, MISTAKES_CSV, TOP_LOSSES_PNG, ModelMeta, write_report
 from .runstate import Run, save_state
@@ -62,18 +71,22 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
         forward = feature_forward(learn.model, last.size, n_classes, run.device, check=check, exact=name == "valid")
         paths = [str(p) for p in dataset.items]
         _, both = image_features(forward, paths, last.size, spec.mean, spec.std, n_classes, run.progress)
+        if name == "train":  # and a close-up of each, so a headstock of a known model stays in scope
+            closeups = closeup_features(forward, paths, last.size, spec.mean, spec.std, run.progress)[:, n_classes:]
+            both = np.concatenate([both, closeups]) if len(closeups) else both
         features[name], imagenet[name] = both[:, :-IMAGENET_CLASSES], both[:, -IMAGENET_CLASSES:]
     # The training photos' own labels (folder or relabel, as the DataLoaders read them), not the model's answers.
     label_of = LabelOf.from_frame(run.frame)
     labels = [run.scan.classes.index(label_of(p)) for p in learn.dls.train_ds.items]
-    detector = fit_scope(features["train"], labels, features["valid"], train_imagenet=imagenet["train"],
-                         valid_imagenet=imagenet["valid"])
+    # Mahalanobis++ over the photos and their close-ups: docs/experiments.md, "Scope detectors side by side".
+    detector = fit_scope(features["train"], labels * 2, features["valid"], train_imagenet=imagenet["train"],
+                         valid_imagenet=imagenet["valid"], normalise=True)
     valid_scores = detector.scores(features["valid"], profile_scores(imagenet["valid"], detector.profile_weights))
     rejected = float((~detector.in_scope(valid_scores)).mean())
     figures = {"method": detector.method, "threshold": round(detector.threshold, 6), "keep": detector.keep,
-               "train_photos": len(labels), "valid_rejected": round(rejected, 4)}
-    run.echo(f"Scope: Mahalanobis over {len(labels)} training photos plus the ImageNet check; threshold "
-             f"{detector.threshold:.4f} keeps {1 - rejected:.1%} of the validation photos")
+               "train_photos": len(labels), "train_closeups": len(labels), "valid_rejected": round(rejected, 4)}
+    run.echo(f"Scope: Mahalanobis++ over {len(labels)} training photos and a close-up of each, plus the ImageNet "
+             f"check; threshold {detector.threshold:.4f} keeps {1 - rejected:.1%} of the validation photos")
     return detector, figures
 
 

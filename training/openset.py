@@ -8,7 +8,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
-from .batches import forward_files
+from .batches import forward_files, image_batches
 
 # Share of in-scope validation photos the threshold keeps; the rest of what scores lower is "not one of my classes".
 DEFAULT_KEEP = 0.95
@@ -90,10 +90,12 @@ class ScopeDetector:
     keep: float             # the share of in-scope validation photos the threshold was chosen to keep
     profile_weights: np.ndarray | None = None  # (1000,) the training photos' mean ImageNet probabilities
     standardise: tuple[float, float, float, float] | None = None  # validation mean and std of both scores
+    normalise: bool = False  # features scaled to unit length first (Mahalanobis++); False in older exports
 
     @property
     def method(self) -> str:
-        return "mahalanobis" if self.profile_weights is None else "mahalanobis+imagenet"
+        base = "l2-mahalanobis" if self.normalise else "mahalanobis"  # l2: Mahalanobis++
+        return base if self.profile_weights is None else base + "+imagenet"
 
     def __post_init__(self):
         # precision = L Lᵀ, so the distance is a plain Euclidean one after projecting by L: one matrix product
@@ -107,6 +109,8 @@ class ScopeDetector:
         features = np.asarray(features, dtype=np.float32)
         if len(features) == 0:
             return np.zeros(0, dtype=np.float32)
+        if self.normalise:
+            features = unit_length(features)
         projected = features @ self._project
         distances = ((projected ** 2).sum(axis=1, keepdims=True) - 2 * projected @ self._projected_means.T
                      + self._mean_norms[None, :])
@@ -128,7 +132,7 @@ class ScopeDetector:
         """Plain data for `learn.meta` (pickled inside export.pkl, so the SHA-256 check covers it)."""
         return {"method": self.method, "means": self.means, "precision": self.precision,
                 "threshold": self.threshold, "keep": self.keep, "profile_weights": self.profile_weights,
-                "standardise": self.standardise}
+                "standardise": self.standardise, "normalise": self.normalise}
 
     @classmethod
     def from_meta(cls, meta: dict | None) -> ScopeDetector | None:
@@ -140,7 +144,14 @@ class ScopeDetector:
                    precision=np.asarray(meta["precision"], dtype=np.float32),
                    threshold=float(meta["threshold"]), keep=float(meta["keep"]),
                    profile_weights=None if weights is None else np.asarray(weights, dtype=np.float32),
-                   standardise=None if meta.get("standardise") is None else tuple(meta["standardise"]))
+                   standardise=None if meta.get("standardise") is None else tuple(meta["standardise"]),
+                   normalise=bool(meta.get("normalise", False)))
+
+
+def unit_length(features: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit L2 norm (Mahalanobis++, Mueller & Hein 2025: the feature norm varies with the photo,
+    not the class, and skews the shared covariance)."""
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-8).astype(features.dtype)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -156,11 +167,14 @@ def profile_scores(imagenet_logits: np.ndarray, weights: np.ndarray) -> np.ndarr
 
 def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_features: np.ndarray,
               keep: float = DEFAULT_KEEP, train_imagenet: np.ndarray | None = None,
-              valid_imagenet: np.ndarray | None = None) -> ScopeDetector:
+              valid_imagenet: np.ndarray | None = None, normalise: bool = False) -> ScopeDetector:
     """Class means and shared covariance of the training photos; a threshold keeping `keep` of the validation ones.
 
-    With the ImageNet check's logits of both sets, the detector adds the ImageNet profile to the score."""
+    With the ImageNet check's logits of both sets, the detector adds the ImageNet profile to the score; with
+    `normalise`, the features are scaled to unit length before both the fit and every score (Mahalanobis++)."""
     train_features = np.asarray(train_features, dtype=np.float64)
+    if normalise:
+        train_features = unit_length(train_features)
     train_labels = np.asarray(train_labels)
     classes = np.unique(train_labels)
     means = np.stack([train_features[train_labels == c].mean(axis=0) for c in classes])
@@ -169,7 +183,7 @@ def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_featur
     # is singular and its inverse meaningless; with thousands of photos the shrinkage is slight.
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     detector = ScopeDetector(means=means.astype(np.float32), precision=precision.astype(np.float32),
-                             threshold=-np.inf, keep=keep)
+                             threshold=-np.inf, keep=keep, normalise=normalise)
     valid_profile = None
     if train_imagenet is not None and len(valid_features):
         weights = softmax(train_imagenet).mean(axis=0)
@@ -205,3 +219,23 @@ def image_features(forward, paths, size: int, mean, std, n_classes: int,
     if not len(combined):
         combined = np.zeros((0, n_classes), dtype=np.float32)
     return combined[:, :n_classes], combined[:, n_classes:]
+
+
+def closeup_features(forward, paths, size: int, mean, std, progress: bool = False, seed: int = 0) -> np.ndarray:
+    """`forward`'s output rows for one random close-up of each image (training.views.CloseUp, as training draws
+    them), the same close-ups every time: so the detector knows a headstock or a bridge of its classes."""
+    import random
+
+    from fastai.vision.core import PILImage
+
+    from .imaging import to_batch
+    from .views import CloseUp
+
+    close_up, state = CloseUp(p=1.0), random.getstate()
+    random.seed(seed)  # CloseUp draws from the random module
+    try:
+        rows = [forward(to_batch([close_up.encodes(PILImage(img)) for img in images], size, mean, std)).float().numpy()
+                for _, images in image_batches(paths, FEATURE_BATCH, progress=progress, desc="Scope close-ups")]
+    finally:
+        random.setstate(state)
+    return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
