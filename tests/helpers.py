@@ -151,3 +151,8 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def without_ids(results: list[dict]) -> list[dict]:
+    """API results without their answer ids, which differ on every request: the answers themselves, to compare."""
+    return [{key: value for key, value in result.items() if key != "id"} for result in results]

@@ -72,7 +72,7 @@ def test_an_evaluation_is_whole_from_the_start(runner, trained_run, demo_data, t
     assert printed["unreadable"] == [{"file": "les_paul/broken.jpg", "reason": evaluation.unreadable[0].reason}]
     assert set(printed) == {"n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "most_confused", "classes",
                             "names", "tta", "unknown_classes", "unreadable", "decisions", "mistakes", "scope", "views",
-                            "out_of_scope"}
+                            "groups", "out_of_scope"}
     assert set(printed["scope"]) == {"threshold", "rejected"}  # the per-photo scores are not printed
     assert printed["views"]["full"]["n"] == printed["n"] and printed["out_of_scope"]["drawn"]["n"] == 3
     assert json.loads(json.dumps(printed)) == printed
