@@ -43,11 +43,11 @@ def fit_group_line(probabilities: np.ndarray, targets: np.ndarray, groups: list[
     best, summed = top_groups(probabilities[~confident], groups, classes)
     right = best == group_targets(targets[~confident], groups, classes)
     order = np.argsort(-summed)  # lines from high to low: each admits the photos above it
-    right_above = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
+    values, right_above = summed[order], np.cumsum(right[order]) / np.arange(1, len(order) + 1)
     line = None
-    for count, (accuracy, value) in enumerate(zip(right_above, summed[order]), start=1):
-        if count >= MIN_GROUP_ANSWERS and accuracy >= sure_accuracy and (count == len(order) or
-                                                                         summed[order][count] < value):
+    for count, (accuracy, value) in enumerate(zip(right_above, values), start=1):
+        last_of_its_value = count == len(values) or values[count] < value  # a line admits every tie at once
+        if count >= MIN_GROUP_ANSWERS and accuracy >= sure_accuracy and last_of_its_value:
             line = float(value)
     return line
 
