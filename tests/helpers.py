@@ -156,3 +156,15 @@ class FakeClock:
 def without_ids(results: list[dict]) -> list[dict]:
     """API results without their answer ids, which differ on every request: the answers themselves, to compare."""
     return [{key: value for key, value in result.items() if key != "id"} for result in results]
+
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+def screenshot_target(tmp_path: Path, demo_data: Path) -> tuple[Path, Path]:
+    """Where a browser test saves its screenshots, and the photos it uploads: with GUITARS_SCREENSHOTS set, the docs'
+    folder and `make run`'s own demo data (the pictures show what a user gets), else the test's own."""
+    refresh = bool(os.environ.get("GUITARS_SCREENSHOTS"))
+    shots = SCREENSHOTS if refresh else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots, ROOT / "demo_data" if refresh else demo_data

@@ -1,23 +1,17 @@
 """End to end in headless Chromium against gunicorn started as `make run` starts it: every page loads whole."""
-import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tests.helpers import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, ROOT, PageWatch
+from tests.helpers import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, PageWatch, screenshot_target
 
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 pytestmark = BROWSER_MARKS
 
 def test_every_page_loads_whole(make_run_server, demo_data, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url = make_run_server
-    refresh = bool(os.environ.get("GUITARS_SCREENSHOTS"))
-    shots = SHOTS if refresh else tmp_path
-    shots.mkdir(parents=True, exist_ok=True)
-    data = ROOT / "demo_data" if refresh else demo_data  # the README's pictures show make run's own model and data
+    shots, data = screenshot_target(tmp_path, demo_data)
     photos = [sorted((data / name).glob("*.jpg"))[-1] for name in ("les_paul", "stratocaster", "flying_v")]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)

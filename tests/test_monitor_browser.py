@@ -9,8 +9,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.helpers import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, ROOT, PageWatch
-from tests.test_browser import SHOTS
+from tests.helpers import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, PageWatch, screenshot_target
 from webapp.db import Answer, make_engine
 
 pytestmark = BROWSER_MARKS
@@ -50,10 +49,7 @@ def test_monitor_page_pictures_and_numbers(make_run_server, demo_data, tmp_path)
     from playwright.sync_api import sync_playwright
 
     url = make_run_server
-    refresh = bool(os.environ.get("GUITARS_SCREENSHOTS"))
-    shots = SHOTS if refresh else tmp_path
-    shots.mkdir(parents=True, exist_ok=True)
-    data = ROOT / "demo_data" if refresh else demo_data  # the docs' picture shows make run's own model and data
+    shots, data = screenshot_target(tmp_path, demo_data)
     classes = sorted(p for p in data.iterdir() if p.is_dir())
     each = math.ceil(GUITARS / len(classes))
     photos = [(p.name, p.read_bytes(), "image/jpeg") for c in classes for p in sorted(c.glob("*.jpg"))[:each]]
