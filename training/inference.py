@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .classnames import ClassGroup, names_for
-from .groups import group_matrix
+from .groups import top_groups
 from .imaging import to_batch
 from .loading import LoadedModel, ModelLoadError, load_model
 from .openset import ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures
@@ -103,7 +103,6 @@ class Predictor:
         self.scope = ScopeDetector.from_meta(meta.get("scope"))
         self.groups = [ClassGroup.from_meta(g) for g in meta.get("groups") or []]
         self.group_unsure_below: float | None = meta.get("group_unsure_below")
-        self._group_matrix = group_matrix(self.groups, self.classes)
         # With a detector, one forward gives the logits and what it needs: [logits | features (| ImageNet profile)].
         self.served = self.model  # the module the runtime runs
         if self.scope is not None:
@@ -133,24 +132,23 @@ class Predictor:
         if not images:
             return []
         probabilities, scope_scores = self.outputs(images)
+        groups = self.group_answers(probabilities)
         results = []
-        for row, score in zip(probabilities, scope_scores):
+        for row, score, group in zip(probabilities, scope_scores, groups):
             order = np.argsort(-row)
             scope = {} if score is None else {"scope_score": float(score), "in_scope": bool(self.scope.in_scope(score))}
             labels = [self.classes[i] for i in order]
             results.append(Prediction(labels, [float(row[i]) for i in order], [self.names[c] for c in labels],
-                                      group=self.group_answer(row), **scope))
+                                      group=group, **scope))
         return results
 
-    def group_answer(self, probabilities: np.ndarray) -> GroupAnswer | None:
-        """The most likely group for one image's class probabilities (None for a model without groups)."""
+    def group_answers(self, probabilities: np.ndarray) -> list[GroupAnswer | None]:
+        """Each image's most likely group, from its class probabilities (None each for a model without groups)."""
         if not self.groups:
-            return None
-        summed = probabilities.astype(np.float64) @ self._group_matrix
-        best = int(summed.argmax())
+            return [None] * len(probabilities)
         line = self.group_unsure_below
-        return GroupAnswer(self.groups[best].label, self.groups[best].name, float(summed[best]),
-                           line is not None and bool(summed[best] >= line))
+        return [GroupAnswer(self.groups[g].label, self.groups[g].name, float(p), line is not None and bool(p >= line))
+                for g, p in zip(*top_groups(probabilities, self.groups, self.classes))]
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities in `self.classes` order, shape (N, C)."""
