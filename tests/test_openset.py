@@ -121,7 +121,12 @@ def drawn_non_guitars(count: int = 6) -> list[bytes]:
 
 def test_training_fits_a_detector_and_the_api_says_what_is_out_of_scope(client, trained_run, demo_data):
     scope = read_report(trained_run)["scope"]
-    assert scope["method"] == "l2-mahalanobis+imagenet" and scope["keep"] == 0.95 and scope["valid_rejected"] <= 0.2
+    # The check's sure reading joins in where a line keeps its budget on the validation photos (1%), which a handful
+    # of drawn photos may not allow.
+    assert scope["method"] in ("l2-mahalanobis+imagenet", "l2-mahalanobis+imagenet+reading")
+    assert scope["keep"] == 0.95 and scope["valid_rejected"] <= 0.2
+    assert (scope["sure_line"] is None) == (scope["method"] == "l2-mahalanobis+imagenet")
+    assert scope["valid_read_as_other"] <= 0.01
     assert client.get("/api/v1/model").json["scope"]["threshold"] == pytest.approx(scope["threshold"], abs=1e-6)
     files = [upload(data, f"drawn-{k}.png") for k, data in enumerate(drawn_non_guitars())]
     results = client.post("/api/v1/predict", data={"file": files}, content_type="multipart/form-data").json["results"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 CLASS_NAMES_FILE = "classes.toml"
 GROUPS_TABLE = "groups"
+KIND_TABLE = "kind"
 
 
 class ClassNamesError(ValueError):
@@ -53,7 +54,7 @@ def class_names(root: Path, classes: list[str]) -> dict[str, str]:
     """Every class's display name: from DATA/classes.toml (id = "name") where it has one, else `default_name`."""
     names = {class_id: default_name(class_id) for class_id in classes}
     path = Path(root) / CLASS_NAMES_FILE
-    given = {key: value for key, value in read_classes_file(root).items() if key != GROUPS_TABLE}
+    given = {key: value for key, value in read_classes_file(root).items() if key not in (GROUPS_TABLE, KIND_TABLE)}
     unknown = sorted(set(given) - set(classes))
     if unknown:
         raise ClassNamesError(f"{path} names {', '.join(unknown)}, which are not class folders ({', '.join(classes)})")
@@ -89,6 +90,44 @@ def class_groups(root: Path, classes: list[str]) -> list[ClassGroup]:
             owner[member] = label
         groups.append(ClassGroup(label, (name or default_name(label)).strip(), tuple(members)))
     return groups
+
+
+@dataclass(frozen=True)
+class ClassKind:
+    """What all the classes are ("guitar"), and the ImageNet classes that are that kind of thing: an out-of-scope
+    photo the ImageNet check reads as one of them is "a guitar, but not one of my models"."""
+
+    name: str
+    imagenet: tuple[str, ...]
+
+    def to_meta(self) -> dict:
+        """Plain data for the model's metadata."""
+        return {"name": self.name, "imagenet": list(self.imagenet)}
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> ClassKind | None:
+        return None if not meta else cls(meta["name"], tuple(meta["imagenet"]))
+
+
+def class_kind(root: Path) -> ClassKind | None:
+    """The `[kind]` of DATA/classes.toml (name = "guitar", imagenet = ["electric guitar", ...]), or None."""
+    from .openset import imagenet_names
+
+    path = Path(root) / CLASS_NAMES_FILE
+    table = read_classes_file(root).get(KIND_TABLE)
+    if table is None:
+        return None
+    name, readings = (table.get("name"), table.get("imagenet")) if isinstance(table, dict) else (None, None)
+    if not isinstance(name, str) or not name.strip():
+        raise ClassNamesError(f'{path}: [{KIND_TABLE}] needs a name, e.g. name = "guitar"')
+    if not isinstance(readings, list) or not all(isinstance(r, str) for r in readings):
+        raise ClassNamesError(f'{path}: [{KIND_TABLE}] imagenet must list ImageNet class names, e.g. '
+                              f'imagenet = ["electric guitar"]')
+    unknown = sorted(set(readings) - set(imagenet_names()))
+    if unknown:
+        raise ClassNamesError(f"{path}: [{KIND_TABLE}] imagenet lists {', '.join(unknown)}, which are not ImageNet-1k "
+                              "class names (see torchvision's list)")
+    return ClassKind(name.strip(), tuple(readings))
 
 
 def names_for(classes: list[str], names: dict[str, str] | None) -> dict[str, str]:

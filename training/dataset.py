@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .batches import Unreadable
-from .classnames import ClassGroup, class_groups, class_names, names_for
+from .classnames import ClassGroup, ClassKind, class_groups, class_kind, class_names, names_for
 from .decoding import ImageError, open_image
 from .fsutil import default_cache_dir, write_json
 from .imaging import is_image_file
@@ -53,6 +53,7 @@ class DatasetScan:
     decisions: Applied | None = None  # what DATA/labels.csv changed
     names: dict[str, str] = field(default_factory=dict)  # display names (DATA/classes.toml or from the ids)
     groups: list[ClassGroup] = field(default_factory=list)  # DATA/classes.toml's [groups], over these classes
+    kind: ClassKind | None = None  # DATA/classes.toml's [kind]: what the classes all are
 
     def __post_init__(self):
         self.names = names_for(self.classes, self.names)
@@ -152,7 +153,7 @@ def scan_dataset(root: str | os.PathLike, cache_dir: Path | None = None, progres
     classes = [c for c in classes if any(i.label == c for i in items)]
     groups = [ClassGroup(g.label, g.name, tuple(c for c in g.classes if c in classes)) for g in groups]
     return DatasetScan(root, classes, items, unreadable, applied, {c: names[c] for c in classes},
-                       [g for g in groups if g.classes])
+                       [g for g in groups if g.classes], class_kind(root))
 
 
 def duplicate_groups(items: list[Item], max_bits: int = NEAR_DUPLICATE_BITS) -> list[list[int]]:

@@ -135,8 +135,13 @@ def make_demo_dataset(out: str | Path, per_class: int = 80, size: int = 160, see
 
 
 def classes_toml(classes: list[str]) -> str:
-    """DATA/classes.toml as a user would write it: the names the folder ids can't spell, and the makers as groups."""
+    """DATA/classes.toml as a user would write it: the names the folder ids can't spell, the makers as groups, and
+    what they all are."""
     names = [f'{kind} = "{DISPLAY_NAMES[kind]}"\n' for kind in classes if kind in DISPLAY_NAMES]
     groups = [f"{maker} = [{', '.join(json.dumps(k) for k in kinds if k in classes)}]\n"
               for maker, kinds in MAKERS.items() if any(k in classes for k in kinds)]
-    return "".join(names) + ("\n[groups]\n" + "".join(groups) if groups else "")
+    return "".join(names) + ("\n[groups]\n" + "".join(groups) if groups else "") + GUITAR_KIND
+
+
+GUITAR_KIND = '\n[kind]\nname = "guitar"\nimagenet = ["electric guitar", "acoustic guitar"]\n'
+

@@ -124,13 +124,16 @@ def evaluate_out_of_scope(predictor: Predictor, ood_dir: str | Path, in_scope_sc
     groups = sorted(p for p in root.iterdir() if p.is_dir()) or [root]
     report = {}
     for group in groups:
-        _, _, scores = score_files(predictor, expand_paths([group]), batch_size, [], progress=progress,
-                                   desc=f"Out of scope: {group.name}")
-        if not scores:
+        answers = [answer for _, images in image_batches(expand_paths([group]), batch_size, [], None, progress,
+                                                         f"Out of scope: {group.name}")
+                   for answer in predictor.predict(images)]
+        if not answers:
             continue
-        scores = np.array(scores)
+        scores = np.array([a.scope_score for a in answers])
         labels = np.r_[np.ones(len(in_scope_scores)), np.zeros(len(scores))]
-        report[group.name] = {"n": len(scores), "rejected": round(float((~predictor.scope.in_scope(scores)).mean()), 4),
+        report[group.name] = {"n": len(scores), "rejected": round(float(np.mean([not a.in_scope for a in answers])), 4),
+                              # rejected and answered "a guitar, but not one of my models" (scope guitar-unknown)
+                              "of_kind": round(float(np.mean([a.of_kind for a in answers])), 4),
                               "auroc": round(float(roc_auc_score(labels, np.r_[in_scope_scores, scores])), 4)}
     return report
 
@@ -240,5 +243,6 @@ def evaluation_summary(evaluation: Evaluation) -> str:
                 line += f"{_share(row['group_accuracy']):>8}{_share(row['group_coverage']):>12}"
             lines.append(line)
     for group, row in result.get("out_of_scope", {}).items():
-        lines.append(f"  none of the classes, {group}: {row['rejected']:.1%} of {row['n']} rejected, AUROC {row['auroc']:.4f}")
+        lines.append(f"  none of the classes, {group}: {row['rejected']:.1%} of {row['n']} rejected ({row['of_kind']:.1%} "
+                     f"as of their kind: guitar-unknown), AUROC {row['auroc']:.4f}")
     return "\n".join(lines)

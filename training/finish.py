@@ -25,7 +25,7 @@ from .openset import (
     feature_forward,
     fit_scope,
     image_features,
-    profile_scores,
+    imagenet_names,
 )
 from .report import build_report, summary_text
 from .runfiles import CONFUSION_MATRIX_PNG, EXPORT, MISTAKES_CSV, TOP_LOSSES_PNG, ModelMeta, write_report
@@ -79,14 +79,22 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     label_of = LabelOf.from_frame(run.frame)
     labels = [run.scan.classes.index(label_of(p)) for p in learn.dls.train_ds.items]
     # Mahalanobis++ over the photos and their close-ups: docs/experiments.md, "Scope detectors side by side".
+    # and the check's sure reading of something else: docs/experiments.md, "The check's reading".
+    names = imagenet_names()
+    kin = tuple(names.index(r) for r in run.scan.kind.imagenet) if run.scan.kind else ()
     detector = fit_scope(features["train"], labels * 2, features["valid"], train_imagenet=imagenet["train"],
-                         valid_imagenet=imagenet["valid"], normalise=True)
-    valid_scores = detector.scores(features["valid"], profile_scores(imagenet["valid"], detector.profile_weights))
+                         valid_imagenet=imagenet["valid"], normalise=True, reading=True, kin=kin,
+                         views_imagenet=imagenet["train"][len(labels):])  # the close-ups
+    valid_scores = detector.scores(features["valid"], imagenet=imagenet["valid"])
     rejected = float((~detector.in_scope(valid_scores)).mean())
+    vetoed = float(detector.sure_of_other(imagenet["valid"]).mean()) if detector.reads_imagenet else 0.0
     figures = {"method": detector.method, "threshold": round(detector.threshold, 6), "keep": detector.keep,
-               "train_photos": len(labels), "train_closeups": len(labels), "valid_rejected": round(rejected, 4)}
+               "train_photos": len(labels), "train_closeups": len(labels), "valid_rejected": round(rejected, 4),
+               "sure_line": detector.sure_line, "valid_read_as_other": round(vetoed, 4),
+               "kin": [names[c] for c in detector.kin]}
     run.echo(f"Scope: Mahalanobis++ over {len(labels)} training photos and a close-up of each, plus the ImageNet "
-             f"check; threshold {detector.threshold:.4f} keeps {1 - rejected:.1%} of the validation photos")
+             f"check; threshold {detector.threshold:.4f} keeps {1 - rejected:.1%} of the validation photos "
+             f"({vetoed:.1%} turned away by the check's sure reading of something else, from {detector.sure_line})")
     return detector, figures
 
 
@@ -112,7 +120,8 @@ def export_learner(learn, run: Run, calibration: dict, trained_at: str, detector
                            mean=list(spec.mean), std=list(spec.std), recipe=run.recipe.name, trained_at=trained_at,
                            temperature=calibration["temperature"], scope=detector.to_meta() if detector else None,
                            names=dict(run.scan.names), unsure_below=calibration["unsure_below"],
-                           groups=[g.to_meta() for g in run.scan.groups], group_unsure_below=group_line)
+                           groups=[g.to_meta() for g in run.scan.groups], group_unsure_below=group_line,
+                           kind=run.scan.kind.to_meta() if run.scan.kind else None)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, CPUAutocast))])
     with atomic_path(run.out / EXPORT) as tmp:
         learn.export(tmp)

@@ -1,6 +1,7 @@
 """Serve a loaded model (`training.loading`) fast: batched, no per-call DataLoader, thread-safe, with Grad-CAM."""
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -10,15 +11,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .classnames import ClassGroup, names_for
+from .classnames import ClassGroup, ClassKind, names_for
 from .groups import top_groups
 from .imaging import to_batch
 from .loading import LoadedModel, ModelLoadError, load_model
-from .openset import ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures
+from .openset import IMAGENET_CLASSES, ImageNetCheck, ImageNetProfile, ScopeDetector, WithFeatures, imagenet_names
 from .runfiles import ModelMeta, Report
-from .runtimes import BF16_SCOPE_MARGIN, RuntimeUnavailable, make_forward
+from .runtimes import BF16_READING_MARGIN, BF16_SCOPE_MARGIN, RuntimeUnavailable, make_forward
 
 log = logging.getLogger(__name__)
+IMAGENET_NAMES = functools.cache(imagenet_names)
 DEFAULT_UNSURE_BELOW = 0.5  # for a model exported with no fitted "not sure" line, and none in its report either
 __all__ = ["ModelLoadError", "Prediction", "Predictor"]  # ModelLoadError: raised by `Predictor.load`
 
@@ -46,6 +48,8 @@ class Prediction:
     scope_score: float | None = None   # likeness to the training photos; None for a model without a detector
     in_scope: bool = True              # False: none of the classes, by the model's detector
     group: GroupAnswer | None = None   # None for a model without groups
+    seen_as: tuple[str, float] | None = None  # what the ImageNet check reads an out-of-scope photo as, if sure
+    of_kind: bool = False  # out of scope, but read as the classes' kind: "a guitar, but not one of my models"
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The `k` most likely classes with their probabilities."""
@@ -66,12 +70,14 @@ class Prediction:
             "scope_score": None if self.scope_score is None else round(self.scope_score, 6),
             "group": None if self.group is None else self.group.as_result(),
             "scope": self.scope_level(uncertain),
+            "seen_as": None if self.seen_as is None else {"label": self.seen_as[0],
+                                                           "probability": round(self.seen_as[1], 6)},
         }
 
     def scope_level(self, uncertain: bool) -> str:
-        """The level the answer is given at: a class, a group of classes, or none of them."""
+        """The level the answer is given at: a class, a group of classes, the classes' kind, or none of them."""
         if not self.in_scope:
-            return "none"
+            return "guitar-unknown" if self.of_kind else "none"
         return "group" if uncertain and self.group is not None and self.group.sure else "class"
 
 
@@ -103,11 +109,14 @@ class Predictor:
         self.scope = ScopeDetector.from_meta(meta.get("scope"))
         self.groups = [ClassGroup.from_meta(g) for g in meta.get("groups") or []]
         self.group_unsure_below: float | None = meta.get("group_unsure_below")
-        # With a detector, one forward gives the logits and what it needs: [logits | features (| ImageNet profile)].
+        self.kind = ClassKind.from_meta(meta.get("kind"))
+        # With a detector, one forward gives the logits and what it needs: [logits | features (| ImageNet logits,
+        # or for an older export its ImageNet profile)].
         self.served = self.model  # the module the runtime runs
         if self.scope is not None:
+            check = ImageNetCheck(self.mean, self.std)
             extra = [] if self.scope.profile_weights is None else [
-                ImageNetProfile(ImageNetCheck(self.mean, self.std), self.scope.profile_weights)]
+                check if self.scope.reads_imagenet else ImageNetProfile(check, self.scope.profile_weights)]
             self.served = WithFeatures(self.model, *extra).eval()
         close_call = None if self.scope is None else self._near_scope_threshold
         self.runtime, self._forward = make_forward(self.served, self.size, runtime, n_classes=len(self.classes),
@@ -131,12 +140,14 @@ class Predictor:
         """Predict a batch of RGB images in one forward pass."""
         if not images:
             return []
-        probabilities, scope_scores = self.outputs(images)
+        probabilities, scope_scores, readings = self.outputs(images, readings=True)
         groups = self.group_answers(probabilities)
         results = []
-        for row, score, group in zip(probabilities, scope_scores, groups):
+        for row, score, group, reading in zip(probabilities, scope_scores, groups, readings):
             order = np.argsort(-row)
             scope = {} if score is None else {"scope_score": float(score), "in_scope": bool(self.scope.in_scope(score))}
+            if reading is not None and not scope["in_scope"]:
+                scope.update(seen_as=(IMAGENET_NAMES()[reading[0]], reading[1]), of_kind=reading[0] in self.scope.kin)
             labels = [self.classes[i] for i in order]
             results.append(Prediction(labels, [float(row[i]) for i in order], [self.names[c] for c in labels],
                                       group=group, **scope))
@@ -154,8 +165,9 @@ class Predictor:
         """Class probabilities in `self.classes` order, shape (N, C)."""
         return self.outputs(images)[0]
 
-    def outputs(self, images: list[Image.Image]) -> tuple[np.ndarray, list]:
-        """Class probabilities (N, C) and each photo's scope score (None without a detector)."""
+    def outputs(self, images: list[Image.Image], readings: bool = False) -> tuple:
+        """Class probabilities (N, C) and each photo's scope score (None without a detector); with `readings`, also
+        the ImageNet check's sure reading of each photo ((class, probability), or None)."""
         batch = to_batch(images, self.size, self.mean, self.std)
         n = len(self.classes)
         # The temperature is already baked into the model's last layer at export.
@@ -169,19 +181,31 @@ class Predictor:
             probabilities = ((both[: len(batch)] + both[len(batch):]) / 2).numpy()
             features = ((output[: len(batch), n:] + output[len(batch):, n:]) / 2).numpy()
         if self.scope is None:
-            return probabilities, [None] * len(batch)
-        return probabilities, list(self.scope_scores(features))
+            scored = probabilities, [None] * len(batch)
+        else:
+            scored = probabilities, list(self.scope_scores(features))
+        if not readings:
+            return scored
+        seen = (self.scope.seen_as(features[:, -IMAGENET_CLASSES:]) if self.scope is not None
+                and self.scope.reads_imagenet else [None] * len(batch))
+        return (*scored, seen)
 
     def scope_scores(self, columns: np.ndarray) -> np.ndarray:
-        """Scope scores from the served output's columns after the logits: [features (| ImageNet profile)]."""
+        """Scope scores from the served output's columns after the logits: [features (| ImageNet logits, or an
+        older export's ImageNet profile)]."""
         if self.scope.profile_weights is None:
             return self.scope.scores(columns)
+        if self.scope.reads_imagenet:
+            return self.scope.scores(columns[:, :-IMAGENET_CLASSES], imagenet=columns[:, -IMAGENET_CLASSES:])
         return self.scope.scores(columns[:, :-1], columns[:, -1])
 
     def _near_scope_threshold(self, output: torch.Tensor) -> torch.Tensor:
         """Rows of a bf16 output whose scope score is within bf16's error of the threshold (fp32 decides those)."""
-        scores = self.scope_scores(output[:, len(self.classes):].numpy())
-        return torch.from_numpy(np.abs(scores - self.scope.threshold) < BF16_SCOPE_MARGIN)
+        columns = output[:, len(self.classes):].numpy()
+        close = np.abs(self.scope_scores(columns) - self.scope.threshold) < BF16_SCOPE_MARGIN
+        if self.scope.reads_imagenet:  # and those whose sure reading of something else is near its line
+            close |= self.scope.near_sure_line(columns[:, -IMAGENET_CLASSES:], BF16_READING_MARGIN)
+        return torch.from_numpy(close)
 
     def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] over the body's last feature map for class `label`."""
@@ -229,4 +253,5 @@ class Predictor:
                                                       "threshold": round(self.scope.threshold, 6)},
             "groups": [{**g.to_meta(), "names": [self.names[c] for c in g.classes]} for g in self.groups],
             "group_unsure_below": self.group_unsure_below,
+            "kind": None if self.kind is None else self.kind.to_meta(),
         }

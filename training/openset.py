@@ -16,6 +16,12 @@ FEATURE_BATCH = 32
 IMAGENET_CLASSES = 1000
 CHECK_STATS = (0.5, 0.5, 0.5)  # EfficientNet-Lite's input normalisation (mean = std = 0.5)
 CHECK_SIZE = 224  # Lite0's own input size: larger inputs are scaled down first (the check then costs about half)
+# The check's sure reading of something else: an ImageNet class the training photos are read as at least this often
+# (at the same sureness) is theirs ("electric guitar"), and never counts against a photo.
+THEIR_READING = 0.05
+VETO_BUDGET = 0.01  # at most this share of the validation photos may be turned away by the check's reading alone
+VETO_PENALTY = 1000.0  # subtracted from the score of a photo the check is sure is something else: far below any line
+SEEN_AS_LINE = 0.5  # the check's reading is named ("it looks like a banjo") from this probability up
 
 
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -91,11 +97,23 @@ class ScopeDetector:
     profile_weights: np.ndarray | None = None  # (1000,) the training photos' mean ImageNet probabilities
     standardise: tuple[float, float, float, float] | None = None  # validation mean and std of both scores
     normalise: bool = False  # features scaled to unit length first (Mahalanobis++); False in older exports
+    # The check's sure reading (probability >= sure_line) of an ImageNet class not in `theirs` puts a photo out of
+    # scope whatever its features say; None in older exports, which serve the profile alone.
+    sure_line: float | None = None
+    theirs: np.ndarray | None = None  # (1000,) bool: the classes the training photos are sure-read as
+    kin: tuple[int, ...] = ()  # ImageNet classes of the classes' kind: an out-of-scope photo read so is "a guitar"
 
     @property
     def method(self) -> str:
         base = "l2-mahalanobis" if self.normalise else "mahalanobis"  # l2: Mahalanobis++
-        return base if self.profile_weights is None else base + "+imagenet"
+        if self.profile_weights is None:
+            return base
+        return base + ("+imagenet" if self.sure_line is None else "+imagenet+reading")
+
+    @property
+    def reads_imagenet(self) -> bool:
+        """Whether the detector scores from the check's 1000 logits (else from the ImageNet profile alone)."""
+        return self.sure_line is not None
 
     def __post_init__(self):
         # precision = L Lᵀ, so the distance is a plain Euclidean one after projecting by L: one matrix product
@@ -116,13 +134,35 @@ class ScopeDetector:
                      + self._mean_norms[None, :])
         return -distances.min(axis=1)
 
-    def scores(self, features: np.ndarray, profile: np.ndarray | None = None) -> np.ndarray:
-        """Each photo's scope score (higher = more like the training photos)."""
+    def scores(self, features: np.ndarray, profile: np.ndarray | None = None,
+               imagenet: np.ndarray | None = None) -> np.ndarray:
+        """Each photo's scope score (higher = more like the training photos), from its features and the check's
+        logits (`imagenet`), or for an older export its ImageNet profile."""
         mahalanobis = self.mahalanobis(features)
         if self.profile_weights is None:
             return mahalanobis
+        if imagenet is not None:
+            profile = profile_scores(imagenet, self.profile_weights)
         m_mean, m_std, p_mean, p_std = self.standardise
-        return (mahalanobis - m_mean) / m_std + (np.asarray(profile, dtype=np.float32) - p_mean) / p_std
+        scores = (mahalanobis - m_mean) / m_std + (np.asarray(profile, dtype=np.float32) - p_mean) / p_std
+        if imagenet is not None and self.sure_line is not None:
+            scores = scores - VETO_PENALTY * self.sure_of_other(imagenet)
+        return scores
+
+    def sure_of_other(self, imagenet: np.ndarray) -> np.ndarray:
+        """Whether the check is sure each photo is something the training photos are not (a banjo, an acoustic)."""
+        return sure_of_other(softmax(imagenet), self.theirs, self.sure_line)
+
+    def near_sure_line(self, imagenet: np.ndarray, margin: float) -> np.ndarray:
+        """Rows whose most likely reading of something else is within `margin` of the sure line."""
+        other = np.where(self.theirs[None, :], 0.0, softmax(imagenet)).max(axis=1)
+        return np.abs(other - self.sure_line) < margin
+
+    def seen_as(self, imagenet: np.ndarray) -> list[tuple[int, float] | None]:
+        """The check's reading of each photo, (ImageNet class, probability), where it is at least SEEN_AS_LINE."""
+        probabilities = softmax(imagenet)
+        top = probabilities.argmax(axis=1)
+        return [(int(c), float(p)) if p >= SEEN_AS_LINE else None for c, p in zip(top, probabilities.max(axis=1))]
 
     def in_scope(self, scores: np.ndarray) -> np.ndarray:
         """Which scores are in scope."""
@@ -132,7 +172,8 @@ class ScopeDetector:
         """Plain data for `learn.meta` (pickled inside export.pkl, so the SHA-256 check covers it)."""
         return {"method": self.method, "means": self.means, "precision": self.precision,
                 "threshold": self.threshold, "keep": self.keep, "profile_weights": self.profile_weights,
-                "standardise": self.standardise, "normalise": self.normalise}
+                "standardise": self.standardise, "normalise": self.normalise, "sure_line": self.sure_line,
+                "theirs": self.theirs, "kin": list(self.kin)}
 
     @classmethod
     def from_meta(cls, meta: dict | None) -> ScopeDetector | None:
@@ -145,7 +186,17 @@ class ScopeDetector:
                    threshold=float(meta["threshold"]), keep=float(meta["keep"]),
                    profile_weights=None if weights is None else np.asarray(weights, dtype=np.float32),
                    standardise=None if meta.get("standardise") is None else tuple(meta["standardise"]),
-                   normalise=bool(meta.get("normalise", False)))
+                   normalise=bool(meta.get("normalise", False)),
+                   sure_line=None if meta.get("sure_line") is None else float(meta["sure_line"]),
+                   theirs=None if meta.get("theirs") is None else np.asarray(meta["theirs"], dtype=bool),
+                   kin=tuple(int(c) for c in meta.get("kin") or ()))
+
+
+def imagenet_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, in the check's logit order."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
 
 
 def unit_length(features: np.ndarray) -> np.ndarray:
@@ -165,13 +216,37 @@ def profile_scores(imagenet_logits: np.ndarray, weights: np.ndarray) -> np.ndarr
     return np.log(softmax(imagenet_logits) @ weights + PROFILE_FLOOR).astype(np.float32)
 
 
+def sure_of_other(probabilities: np.ndarray, theirs: np.ndarray, sure_line: float) -> np.ndarray:
+    """Rows whose most likely ImageNet class outside `theirs` has a probability of at least `sure_line`."""
+    return np.where(theirs[None, :], 0.0, probabilities).max(axis=1) >= sure_line
+
+
+def fit_reading(train_imagenet: np.ndarray, valid_imagenet: np.ndarray, budget: float = VETO_BUDGET,
+                views_imagenet: np.ndarray | None = None) -> tuple[float, np.ndarray] | None:
+    """The lowest sureness line at which the check's reading of something else turns away at most `budget` of the
+    validation photos (and of `views_imagenet`, close-ups of the training photos), and the classes that are theirs
+    at that line; None where no line up to 0.999 does."""
+    train = softmax(train_imagenet)
+    kept = [softmax(valid_imagenet)] + ([] if views_imagenet is None or not len(views_imagenet)
+                                        else [softmax(views_imagenet)])
+    for line in np.r_[np.arange(0.5, 0.99, 0.01), 0.99, 0.995, 0.999]:
+        theirs = (train >= line).mean(axis=0) >= THEIR_READING
+        if all(sure_of_other(photos, theirs, line).mean() <= budget for photos in kept):
+            return round(float(line), 3), theirs
+    return None
+
+
 def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_features: np.ndarray,
               keep: float = DEFAULT_KEEP, train_imagenet: np.ndarray | None = None,
-              valid_imagenet: np.ndarray | None = None, normalise: bool = False) -> ScopeDetector:
+              valid_imagenet: np.ndarray | None = None, normalise: bool = False, reading: bool = False,
+              kin: tuple[int, ...] = (), views_imagenet: np.ndarray | None = None) -> ScopeDetector:
     """Class means and shared covariance of the training photos; a threshold keeping `keep` of the validation ones.
 
-    With the ImageNet check's logits of both sets, the detector adds the ImageNet profile to the score; with
-    `normalise`, the features are scaled to unit length before both the fit and every score (Mahalanobis++)."""
+    With the ImageNet check's logits of both sets, the detector adds the ImageNet profile to the score, and with
+    `reading`, the check's sure reading of something else (`fit_reading`, held to its budget on `views_imagenet`
+    too); with `normalise`, the features are
+    scaled to unit length before both the fit and every score (Mahalanobis++). `kin`: ImageNet classes of the
+    classes' kind, besides those the training photos are read as."""
     train_features = np.asarray(train_features, dtype=np.float64)
     if normalise:
         train_features = unit_length(train_features)
@@ -191,7 +266,12 @@ def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_featur
         detector.profile_weights = weights.astype(np.float32)
         detector.standardise = (float(valid_mahalanobis.mean()), float(valid_mahalanobis.std()) or 1.0,
                                 float(valid_profile.mean()), float(valid_profile.std()) or 1.0)
-    valid_scores = detector.scores(valid_features, valid_profile)
+        fitted = fit_reading(train_imagenet, valid_imagenet, views_imagenet=views_imagenet) if reading else None
+        if fitted is not None:
+            detector.sure_line, detector.theirs = fitted
+            detector.kin = tuple(sorted(set(kin) | set(np.flatnonzero(detector.theirs).tolist())))
+    valid_scores = detector.scores(valid_features, valid_profile,
+                                   valid_imagenet if detector.reads_imagenet else None)
     detector.threshold = float(np.quantile(valid_scores, 1 - keep)) if len(valid_scores) else -np.inf
     return detector
 

@@ -45,6 +45,7 @@ class ModelMeta(TypedDict):
     # the answer to a "not sure" class answer (None: never); absent from older exports and for data without groups.
     groups: list[dict]
     group_unsure_below: float | None
+    kind: dict | None  # what the classes all are (training.classnames.ClassKind.to_meta); absent: not given
 
 
 class Validation(TypedDict, total=False):

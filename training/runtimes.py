@@ -33,6 +33,7 @@ BF16_MAX_PROBABILITY_DIFFERENCE = 0.1
 # A confident bf16 answer is still recomputed when its scope score is this close to the detector's threshold; bf16
 # moved a kept photo's score further than this once in about 2,300 (docs/experiments.md, "bf16 serving").
 BF16_SCOPE_MARGIN = 1.0
+BF16_READING_MARGIN = 0.05  # of the ImageNet check's probability: fp32 decides a reading this near its line
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 CloseCall = Callable[[torch.Tensor], torch.Tensor]  # a forward's output -> which rows bf16 may have decided wrongly
