@@ -116,7 +116,7 @@ def detectors(sets: dict, n_classes: int) -> tuple[dict, object]:
     # The check's sure reading of something else on top (no out-of-scope photo used: its line is fitted on the
     # training and validation photos alone).
     reading = fit_scope(both_f, both_labels, valid_f, train_imagenet=both_i, valid_imagenet=valid_i, normalise=True,
-                        reading=True, views_imagenet=close_i)
+                        reading=True)
     candidates["Mahalanobis++ with close-ups + reading"] = lambda rows: reading.scores(*parts(rows)[:1],
                                                                                        imagenet=parts(rows)[1])
     print(f"the check's reading: sure line {reading.sure_line}, theirs "

@@ -63,11 +63,6 @@ def test_the_reading_line_costs_at_most_its_budget_of_validation_photos():
     vetoed = (probabilities[:, BANJO] >= line).mean()
     assert vetoed <= 0.01 and (probabilities[:, BANJO] >= line - 0.01).mean() > vetoed  # the lowest line that does
     assert theirs[ELECTRIC] and theirs.sum() == 1
-    # Close-ups of the training photos, 3% of them read as corkscrews: the line rises until it keeps them too.
-    clean, views = readings(rng, 200, ELECTRIC, 12.0), readings(rng, 200, ELECTRIC, 12.0)
-    views[:6, 512] += 14.0  # a probability of about 0.88
-    assert fit_reading(train, clean, budget=0.01)[0] == 0.5
-    assert 0.88 < fit_reading(train, clean, budget=0.01, views_imagenet=views)[0] <= 0.99
     valid[:, BANJO] += 30.0  # every photo read as a banjo: no line keeps the budget
     assert fit_reading(train, valid, budget=0.01) is None
 

@@ -83,8 +83,7 @@ def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
     names = imagenet_names()
     kin = tuple(names.index(r) for r in run.scan.kind.imagenet) if run.scan.kind else ()
     detector = fit_scope(features["train"], labels * 2, features["valid"], train_imagenet=imagenet["train"],
-                         valid_imagenet=imagenet["valid"], normalise=True, reading=True, kin=kin,
-                         views_imagenet=imagenet["train"][len(labels):])  # the close-ups
+                         valid_imagenet=imagenet["valid"], normalise=True, reading=True, kin=kin)
     valid_scores = detector.scores(features["valid"], imagenet=imagenet["valid"])
     rejected = float((~detector.in_scope(valid_scores)).mean())
     vetoed = float(detector.sure_of_other(imagenet["valid"]).mean()) if detector.reads_imagenet else 0.0

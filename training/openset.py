@@ -221,17 +221,14 @@ def sure_of_other(probabilities: np.ndarray, theirs: np.ndarray, sure_line: floa
     return np.where(theirs[None, :], 0.0, probabilities).max(axis=1) >= sure_line
 
 
-def fit_reading(train_imagenet: np.ndarray, valid_imagenet: np.ndarray, budget: float = VETO_BUDGET,
-                views_imagenet: np.ndarray | None = None) -> tuple[float, np.ndarray] | None:
+def fit_reading(train_imagenet: np.ndarray, valid_imagenet: np.ndarray,
+                budget: float = VETO_BUDGET) -> tuple[float, np.ndarray] | None:
     """The lowest sureness line at which the check's reading of something else turns away at most `budget` of the
-    validation photos (and of `views_imagenet`, close-ups of the training photos), and the classes that are theirs
-    at that line; None where no line up to 0.999 does."""
-    train = softmax(train_imagenet)
-    kept = [softmax(valid_imagenet)] + ([] if views_imagenet is None or not len(views_imagenet)
-                                        else [softmax(views_imagenet)])
+    validation photos, and the classes that are theirs at that line; None where no line up to 0.999 does."""
+    train, valid = softmax(train_imagenet), softmax(valid_imagenet)
     for line in np.r_[np.arange(0.5, 0.99, 0.01), 0.99, 0.995, 0.999]:
         theirs = (train >= line).mean(axis=0) >= THEIR_READING
-        if all(sure_of_other(photos, theirs, line).mean() <= budget for photos in kept):
+        if sure_of_other(valid, theirs, line).mean() <= budget:
             return round(float(line), 3), theirs
     return None
 
@@ -239,12 +236,11 @@ def fit_reading(train_imagenet: np.ndarray, valid_imagenet: np.ndarray, budget: 
 def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_features: np.ndarray,
               keep: float = DEFAULT_KEEP, train_imagenet: np.ndarray | None = None,
               valid_imagenet: np.ndarray | None = None, normalise: bool = False, reading: bool = False,
-              kin: tuple[int, ...] = (), views_imagenet: np.ndarray | None = None) -> ScopeDetector:
+              kin: tuple[int, ...] = ()) -> ScopeDetector:
     """Class means and shared covariance of the training photos; a threshold keeping `keep` of the validation ones.
 
     With the ImageNet check's logits of both sets, the detector adds the ImageNet profile to the score, and with
-    `reading`, the check's sure reading of something else (`fit_reading`, held to its budget on `views_imagenet`
-    too); with `normalise`, the features are
+    `reading`, the check's sure reading of something else (`fit_reading`); with `normalise`, the features are
     scaled to unit length before both the fit and every score (Mahalanobis++). `kin`: ImageNet classes of the
     classes' kind, besides those the training photos are read as."""
     train_features = np.asarray(train_features, dtype=np.float64)
@@ -266,7 +262,7 @@ def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_featur
         detector.profile_weights = weights.astype(np.float32)
         detector.standardise = (float(valid_mahalanobis.mean()), float(valid_mahalanobis.std()) or 1.0,
                                 float(valid_profile.mean()), float(valid_profile.std()) or 1.0)
-        fitted = fit_reading(train_imagenet, valid_imagenet, views_imagenet=views_imagenet) if reading else None
+        fitted = fit_reading(train_imagenet, valid_imagenet) if reading else None
         if fitted is not None:
             detector.sure_line, detector.theirs = fitted
             detector.kin = tuple(sorted(set(kin) | set(np.flatnonzero(detector.theirs).tolist())))
