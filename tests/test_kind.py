@@ -46,6 +46,8 @@ def test_the_checks_sure_reading_of_something_else_rejects_what_the_features_and
     assert not reading.in_scope(reading.scores(photos, imagenet=acoustics)).any()
     guitars = guitar_readings(rng, 60)
     assert reading.in_scope(reading.scores(photos, imagenet=guitars)).mean() > 0.8
+    unnamed = fit_scope(clusters(rng, known, 200), labels, clusters(rng, known, 40), reading=True, **fitted)
+    assert unnamed.sure_line is not None and unnamed.kin == ()  # no [kind]: never "a guitar, but not one of mine"
     again = ScopeDetector.from_meta(reading.to_meta())
     assert again.sure_line == reading.sure_line and again.kin == (ACOUSTIC, ELECTRIC)
     assert np.allclose(again.scores(photos, imagenet=acoustics), reading.scores(photos, imagenet=acoustics), atol=1e-2)

@@ -155,8 +155,7 @@ class ScopeDetector:
 
     def near_sure_line(self, imagenet: np.ndarray, margin: float) -> np.ndarray:
         """Rows whose most likely reading of something else is within `margin` of the sure line."""
-        other = np.where(self.theirs[None, :], 0.0, softmax(imagenet)).max(axis=1)
-        return np.abs(other - self.sure_line) < margin
+        return np.abs(other_reading(softmax(imagenet), self.theirs) - self.sure_line) < margin
 
     def seen_as(self, imagenet: np.ndarray) -> list[tuple[int, float] | None]:
         """The check's reading of each photo, (ImageNet class, probability), where it is at least SEEN_AS_LINE."""
@@ -216,9 +215,14 @@ def profile_scores(imagenet_logits: np.ndarray, weights: np.ndarray) -> np.ndarr
     return np.log(softmax(imagenet_logits) @ weights + PROFILE_FLOOR).astype(np.float32)
 
 
+def other_reading(probabilities: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Each row's highest ImageNet probability outside `theirs`."""
+    return np.where(theirs[None, :], 0.0, probabilities).max(axis=1)
+
+
 def sure_of_other(probabilities: np.ndarray, theirs: np.ndarray, sure_line: float) -> np.ndarray:
     """Rows whose most likely ImageNet class outside `theirs` has a probability of at least `sure_line`."""
-    return np.where(theirs[None, :], 0.0, probabilities).max(axis=1) >= sure_line
+    return other_reading(probabilities, theirs) >= sure_line
 
 
 def fit_reading(train_imagenet: np.ndarray, valid_imagenet: np.ndarray,
@@ -242,7 +246,7 @@ def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_featur
     With the ImageNet check's logits of both sets, the detector adds the ImageNet profile to the score, and with
     `reading`, the check's sure reading of something else (`fit_reading`); with `normalise`, the features are
     scaled to unit length before both the fit and every score (Mahalanobis++). `kin`: ImageNet classes of the
-    classes' kind, besides those the training photos are read as."""
+    classes' kind (DATA/classes.toml's [kind]), to which those the training photos are read as are added."""
     train_features = np.asarray(train_features, dtype=np.float64)
     if normalise:
         train_features = unit_length(train_features)
@@ -265,7 +269,8 @@ def fit_scope(train_features: np.ndarray, train_labels: np.ndarray, valid_featur
         fitted = fit_reading(train_imagenet, valid_imagenet) if reading else None
         if fitted is not None:
             detector.sure_line, detector.theirs = fitted
-            detector.kin = tuple(sorted(set(kin) | set(np.flatnonzero(detector.theirs).tolist())))
+            if kin:  # without a kind given, no answer is "a guitar" (or "a dog"), only "none of them"
+                detector.kin = tuple(sorted(set(kin) | set(np.flatnonzero(detector.theirs).tolist())))
     valid_scores = detector.scores(valid_features, valid_profile,
                                    valid_imagenet if detector.reads_imagenet else None)
     detector.threshold = float(np.quantile(valid_scores, 1 - keep)) if len(valid_scores) else -np.inf
