@@ -70,6 +70,24 @@ def wait_ready(url: str, deadline: float, path: str = "/readyz") -> None:
     raise AssertionError("the server did not become ready in time")
 
 
+def wait_workers_ready(url: str, workers: int, deadline: float) -> None:
+    """Wait until `workers` distinct workers have answered /readyz 200: a worker still loading takes no connections,
+    and a test that means two workers would otherwise run on one."""
+    seen = set()
+    while time.monotonic() < deadline:
+        try:
+            with requests.Session() as session:  # a new connection each time: any ready worker may accept it
+                response = session.get(url + "/readyz", timeout=10)
+            if response.status_code == 200:
+                seen.add(response.json()["worker"])
+                if len(seen) >= workers:
+                    return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"only {len(seen)} of {workers} workers became ready in time")
+
+
 @contextlib.contextmanager
 def gunicorn_server(model: str, cwd: Path, log_path: Path, **env_extra):
     """A real gunicorn (the repo's gunicorn.conf.py, wsgi:app) started in `cwd`; yields (url, master process)."""
@@ -82,7 +100,7 @@ def gunicorn_server(model: str, cwd: Path, log_path: Path, **env_extra):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, time.monotonic() + 120)
+        wait_workers_ready(url, int(env["GUITARS_WORKERS"]), time.monotonic() + 120)
         yield url, proc
     finally:
         proc.send_signal(signal.SIGINT)  # quick shutdown: a graceful one waits out the clients' keep-alive
