@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from training import graphs
 from training.devices import cpu_has_native_bf16
-from training.graphs import cached_onnx_bytes, graph_cache_dir, onnx_bytes
+from training.graphs import cached_onnx_bytes, export_in_child, graph_cache_dir, graph_key, onnx_bytes
+from training.inference import Predictor
 from training.runtimes import _compiled_forward, _openvino_core
 
 
@@ -31,6 +33,22 @@ def test_a_graph_is_exported_once_per_model_and_read_back(cache):
         model[0].bias += 1  # other weights: another graph
     assert cached_onnx_bytes(model, 16) != graph and len(list(cache.glob("*.onnx"))) == 2
     assert cached_onnx_bytes(model, 24) != graph  # another input size: another graph
+
+
+def test_a_model_exported_in_a_child_is_read_from_the_cache_without_exporting_here(cache, trained_run, monkeypatch):
+    predictor = Predictor.load(trained_run, runtime="torch")
+    model, size = predictor.served, predictor.size
+    assert not list(cache.glob(f"{graph_key(model, size)}-*.onnx"))
+    monkeypatch.setattr(graphs, "onnx_bytes", lambda *_: pytest.fail("exported in this process"))
+    graph = cached_onnx_bytes(model, size, lambda: export_in_child(trained_run))
+    assert [p.read_bytes() for p in cache.glob(f"{graph_key(model, size)}-*.onnx")] == [graph]
+
+
+def test_a_failed_child_export_costs_the_export_here(cache, caplog):
+    model = tiny_model()
+    graph = cached_onnx_bytes(model, 16, lambda: export_in_child("/no/such/run"))
+    assert graph == onnx_bytes(model, 16) and len(list(cache.glob("*.onnx"))) == 1
+    assert "the child export failed" in caplog.text and "/no/such/run" in caplog.text
 
 
 def test_a_damaged_cached_graph_is_exported_again(cache):

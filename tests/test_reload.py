@@ -1,5 +1,6 @@
-"""A training run replaces the served model: every worker serves the new one within 10 s, no request fails, and
-requests are answered in their usual time while the new model loads (the load runs off the request path)."""
+"""A training run replaces the served model: every worker serves the new one within 45 s, no request fails, and
+requests are answered in their usual time while the new model loads (off the request path, its graph export in a
+child process)."""
 import hashlib
 import shutil
 import threading
@@ -13,7 +14,7 @@ from training.fsutil import atomic_path
 
 
 @pytest.mark.slow
-def test_every_worker_serves_the_new_model_within_10_s(trained_run, logged_run, demo_data, tmp_path):
+def test_every_worker_serves_the_new_model_within_45_s(trained_run, logged_run, demo_data, tmp_path):
     live, (new, _) = tmp_path / "live", logged_run  # a second, separately trained run replaces the first
     shutil.copytree(trained_run, live)
     old_sha = hashlib.sha256((live / "export.pkl").read_bytes()).hexdigest()
@@ -22,7 +23,8 @@ def test_every_worker_serves_the_new_model_within_10_s(trained_run, logged_run, 
     photo = next(demo_data.rglob("*.jpg")).read_bytes()
     failures, stop, timings = [], threading.Event(), []  # (when it started, how long it took)
 
-    with gunicorn_server(str(live), ROOT, tmp_path / "gunicorn.log") as (url, _):
+    # Never recycled here: a worker restarting loads the new model afresh, which is not what is tested.
+    with gunicorn_server(str(live), ROOT, tmp_path / "gunicorn.log", GUITARS_MAX_REQUESTS="1000000") as (url, _):
         def keep_asking():
             while not stop.is_set():
                 try:
@@ -48,7 +50,7 @@ def test_every_worker_serves_the_new_model_within_10_s(trained_run, logged_run, 
                 shutil.copyfile(new / "report.json", tmp)
             installed = time.monotonic()
             served = {}
-            while time.monotonic() - installed < 10:
+            while time.monotonic() - installed < 45:
                 ready = requests.get(url + "/readyz", timeout=30).json()
                 served[ready["worker"]] = ready["model_sha256"]
                 if len(served) == 2 and set(served.values()) == {new_sha}:
@@ -64,7 +66,7 @@ def test_every_worker_serves_the_new_model_within_10_s(trained_run, logged_run, 
     usual = sorted(took for started, took in timings if started < installed - 3)
     during = [took for started, took in timings if installed <= started <= installed + elapsed]
     typical = usual[len(usual) // 2]
-    print(f"usual {typical * 1000:.0f} ms (slowest {usual[-1] * 1000:.0f}), during the reload: "
+    print(f"usual {typical * 1000:.0f} ms (slowest {usual[-1] * 1000:.0f}), during the {elapsed:.1f} s reload: "
           f"slowest {max(during) * 1000:.0f} ms of {len(during)}")
     # A load on the request path held every request for seconds (2.7-8.5 s in the attack round of #27).
     # The new model loads beside the requests (the GIL and two cores shared): slower, never stalled behind it.

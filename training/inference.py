@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import graphs
 from .classnames import ClassGroup, ClassKind, names_for
 from .groups import top_groups
 from .imaging import to_batch
@@ -84,7 +85,7 @@ class Prediction:
 class Predictor:
     """An exported fastai learner ready to serve: eval mode, shared preprocessing, the fastest runtime that agrees."""
 
-    def __init__(self, model: LoadedModel, runtime: str = "torch", tta: bool = False):
+    def __init__(self, model: LoadedModel, runtime: str = "torch", tta: bool = False, export_in_child: bool = False):
         learn, meta = model.learn, model.meta
         self.learn = learn
         self.tta = tta
@@ -119,20 +120,23 @@ class Predictor:
                 check if self.scope.reads_imagenet else ImageNetProfile(check, self.scope.profile_weights)]
             self.served = WithFeatures(self.model, *extra).eval()
         close_call = None if self.scope is None else self._near_scope_threshold
+        export_elsewhere = functools.partial(graphs.export_in_child, self.path) if export_in_child else None
         self.runtime, self._forward = make_forward(self.served, self.size, runtime, n_classes=len(self.classes),
-                                                   close_call=close_call)
+                                                   close_call=close_call, export_elsewhere=export_elsewhere)
         # fastai's Learner is not thread-safe, but a module in eval mode is; the lock only guards CAM's autograd use.
         self._cam_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True, runtime: str = "auto", tta: bool = False) -> Predictor:
+    def load(cls, path: str | Path, verify: bool = True, runtime: str = "auto", tta: bool = False,
+             export_in_child: bool = False) -> Predictor:
         """Load `export.pkl` (or a run directory), checking its SHA-256 against the run's report when present.
 
         `tta`: average each photo's probabilities with its mirror image's (twice the compute).
+        `export_in_child`: an uncached graph is exported in a child process (a server loading beside its requests).
         """
         model = load_model(path, verify)
         try:
-            return cls(model, runtime, tta)
+            return cls(model, runtime, tta, export_in_child)
         except RuntimeUnavailable as exc:
             raise ModelLoadError(f"{model.path} cannot be served with the {runtime} runtime: {exc}") from exc
 

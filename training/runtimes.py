@@ -216,12 +216,14 @@ def probability_tolerance(runtime: str) -> float:
 
 
 def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto", n_classes: int | None = None,
-                 close_call: CloseCall | None = None, exact: bool = False) -> tuple[str, Forward]:
+                 close_call: CloseCall | None = None, exact: bool = False,
+                 export_elsewhere: Callable[[], None] | None = None) -> tuple[str, Forward]:
     """The fastest forward that agrees with PyTorch (OpenVINO bf16/fp32, ONNX Runtime, PyTorch); returns (name, fn).
 
     `n_classes`: the model's output starts with that many logits, followed by other columns (features).
     `close_call`: rows a bf16 runtime must recompute in fp32 besides the unconfident ones (see `GuardedForward`).
     `exact`: with `auto`, fp32 runtimes only, for numbers that served fp32 answers are compared against.
+    `export_elsewhere`: exports an uncached graph in another process (see `graphs.cached_onnx_bytes`).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
@@ -229,7 +231,7 @@ def make_forward(model: torch.nn.Module, size: int, runtime: str = "auto", n_cla
     if runtime == "torch":
         return "torch", reference
     try:
-        graph = cached_onnx_bytes(model, size)
+        graph = cached_onnx_bytes(model, size, export_elsewhere)
     except Exception as exc:  # an exporter failure must not stop serving when PyTorch works
         reason = (str(exc).splitlines() or [exc.__class__.__name__])[0][:300]  # exporters append whole graphs
         if runtime != "auto":

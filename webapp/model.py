@@ -65,7 +65,7 @@ class ModelHolder:
                 stamps.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
         return tuple(stamps)
 
-    def _load(self) -> None:
+    def _load(self, beside_requests: bool = False) -> None:
         # A model is the pair export.pkl + report.json. The stamp is taken before reading, so a pair caught
         # between its two writes (a SHA mismatch, refused) is read again once the second write lands.
         stamp, path, promoted_sha, problem = self._target()
@@ -74,7 +74,8 @@ class ModelHolder:
             if problem:  # nothing promoted, or an unreadable pointer: kept as any failed load is
                 raise ModelLoadError(problem)
             self.path = path
-            predictor = Predictor.load(path, runtime=self.runtime, tta=self.tta)
+            # Beside requests, the GIL-bound graph export runs in a child process, not on this worker's threads.
+            predictor = Predictor.load(path, runtime=self.runtime, tta=self.tta, export_in_child=beside_requests)
             if promoted_sha and predictor.sha256 != promoted_sha:  # files changed after the gate passed them
                 raise ModelLoadError(f"{path.parent} is not the model promoted as {path.parent.name} (its SHA-256 "
                                      f"changed since): promote it again, or roll back")
@@ -100,7 +101,7 @@ class ModelHolder:
             except OSError:
                 pass
             try:
-                self._load()
+                self._load(beside_requests=True)
             finally:
                 self._loading = None
 
