@@ -1,8 +1,15 @@
 """Temperature scaling recovers a known over-confidence; ECE and the not-sure threshold behave."""
 import numpy as np
+import pytest
 import torch
 
-from training.calibration import bake_temperature, expected_calibration_error, fit_temperature, unsure_threshold
+from training.calibration import (
+    TEMPERATURE_RANGE,
+    bake_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    unsure_threshold,
+)
 
 
 def sample(n=4000, classes=5, seed=0):
@@ -16,6 +23,20 @@ def test_fit_temperature_recovers_overconfidence():
     true_logits, targets = sample()
     assert abs(fit_temperature(true_logits * 2.5, targets) - 2.5) < 0.25
     assert abs(fit_temperature(true_logits, targets) - 1.0) < 0.1
+
+
+def test_fit_temperature_stays_finite_on_small_validation_splits():
+    """A smoke run's 12 validation photos once made the fit return NaN, and the exported model answered NaN."""
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.arange(3).repeat(4)
+    for trial in range(200):
+        logits = torch.randn(12, 3, generator=generator) * torch.rand(1, generator=generator) * 3
+        if trial % 2:  # separable: the likelihood keeps rising as T falls
+            logits[torch.arange(12), targets] += 1 + torch.rand(1, generator=generator) * 5
+        temperature = fit_temperature(logits, targets)
+        assert TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1], (trial, temperature)
+    separable = torch.nn.functional.one_hot(targets, 3).float() * 4
+    assert fit_temperature(separable, targets) < 0.5  # sharpened: the NLL is flat (about 0) below that
 
 
 def test_calibration_lowers_ece():
@@ -40,3 +61,17 @@ def test_baking_equals_dividing_logits():
     expected = model(x) / 1.7
     bake_temperature(model, 1.7)
     assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_a_model_holding_nan_is_refused_before_export():
+    from training.finish import refuse_non_finite
+    from training.runstate import RunError
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    logits = torch.randn(5, 3)
+    refuse_non_finite(model, logits)
+    with pytest.raises(RunError, match="validation logits"):
+        refuse_non_finite(model, logits / torch.tensor(float("nan")))
+    model[1].running_var[0] = float("inf")
+    with pytest.raises(RunError, match="1.running_var"):
+        refuse_non_finite(model, logits)

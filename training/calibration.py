@@ -3,23 +3,23 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
 from torch import nn
 
+TEMPERATURE_RANGE = (0.05, 20.0)
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> float:
-    """The temperature T minimising the negative log-likelihood of softmax(logits / T) (Guo et al., 2017)."""
-    logits, targets = logits.detach().float(), targets.detach().long()
-    log_t = torch.zeros(1, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
 
-    def closure():
-        optimiser.zero_grad()
-        loss = nn.functional.cross_entropy(logits / log_t.exp(), targets)
-        loss.backward()
-        return loss
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature T in TEMPERATURE_RANGE minimising the NLL of softmax(logits / T) (Guo et al., 2017)."""
+    logits, targets = logits.detach().double(), targets.detach().long()
 
-    optimiser.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    def nll(log_t: float) -> float:
+        return float(nn.functional.cross_entropy(logits / np.exp(log_t), targets))
+
+    # A bounded search, because an unbounded step (LBFGS) ran off to NaN on small, separable validation splits.
+    low, high = np.log(TEMPERATURE_RANGE)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded")
+    return float(np.exp(result.x))
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:

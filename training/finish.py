@@ -29,7 +29,7 @@ from .openset import (
 )
 from .report import build_report, summary_text
 from .runfiles import CONFUSION_MATRIX_PNG, EXPORT, MISTAKES_CSV, TOP_LOSSES_PNG, ModelMeta, write_report
-from .runstate import Run, save_state
+from .runstate import Run, RunError, save_state
 
 TOP_LOSSES = 12  # photos in the top-losses grid
 TOP_LOSSES_FIGSIZE, TOP_LOSSES_DPI = (12, 10), 80
@@ -38,7 +38,9 @@ TOP_LOSSES_FIGSIZE, TOP_LOSSES_DPI = (12, 10), 80
 def finish_run(learn, run: Run) -> dict:
     """Score the validation set, export the learner atomically, and write the report and plots; the report."""
     logits, targets, losses = learn.get_preds(dl=learn.dls.valid, act=noop, with_loss=True)
+    refuse_non_finite(learn.model, logits)
     calibration, probs = calibrate(learn, logits, targets)
+    refuse_non_finite(learn.model, logits / calibration["temperature"])
     groups = fit_groups(probs, targets.numpy(), run, calibration["unsure_below"])
     metrics = classification_metrics(probs, targets.numpy(), run.scan.classes)
     plot_top_losses(learn, losses, run.out / TOP_LOSSES_PNG)
@@ -55,6 +57,15 @@ def finish_run(learn, run: Run) -> dict:
     save_state(run)
     run.echo(summary_text(report))
     return report
+
+
+def refuse_non_finite(model: torch.nn.Module, logits: torch.Tensor) -> None:
+    """Raise a RunError, before anything is exported, if the model or its validation logits hold NaN or infinity."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers()) | {"validation logits": logits}
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise RunError(f"training diverged: {', '.join(bad[:3])} hold NaN or infinity, so nothing was exported; "
+                       "try the recipe with a lower learning rate")
 
 
 def fit_scope_detector(learn, run: Run) -> tuple[ScopeDetector, dict]:
