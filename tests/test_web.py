@@ -117,6 +117,17 @@ def test_results_say_when_the_model_is_unsure(trained_run, demo_data):
     html = client.post("/predict", data={"file": upload(image)},
                        content_type="multipart/form-data").get_data(as_text=True)
     assert "not sure" in html
+    # "Right" on a not-sure answer would not say which model the person agrees with.
+    assert "Right: it is the " in html
+
+
+@pytest.mark.parametrize("word, capital, expected", [
+    ("acoustic guitar", False, "an"), ("banjo", False, "a"), ("Ibanez", True, "An"), ("Fender", True, "A"), ("", False, "a"),
+])
+def test_the_article_follows_the_first_letter(word, capital, expected):
+    from webapp.pages import article
+
+    assert article(word, capital=capital) == expected
 
 
 def test_model_page_shows_the_confusion_matrix(client):

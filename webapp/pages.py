@@ -22,6 +22,13 @@ bp = Blueprint("pages", __name__)
 THUMBNAIL_SIDE = 320  # pixels: the uploaded photo as shown beside its heat map
 
 
+@bp.app_template_filter("article")
+def article(word: str, capital: bool = False) -> str:
+    """The indefinite article for `word` ("a" or "an", or "A"/"An" with `capital`), by its first letter."""
+    chosen = "an" if word[:1].lower() in tuple("aeiou") else "a"  # tuple: "" is in every string
+    return chosen.capitalize() if capital else chosen
+
+
 @bp.get("/")
 def index():
     holder = model_holder()
