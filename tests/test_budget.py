@@ -35,14 +35,21 @@ def test_probe_times_real_batches_and_leaves_the_model_as_it_was(demo_data):
     (0, 6),        # plenty of room: capped at the high end
     (2000, 4),     # 3600 - 2000 - (60 + 60) = 1480 s of room -> 4 epochs of 300 s
     (2400, 3),     # 1080 s of room
-    (3300, 1),     # no room left: still the low end
+    (3300, 1),     # 180 s: less than the low end, which the clock cuts short
 ])
 def test_plan_fits_epochs_in_what_is_left(spent, expected):
     plan = plan_epochs(3600, spent, 300.0, 1, 6)
     assert plan.reserve_seconds == pytest.approx(0.2 * 300 + 60)
     assert plan.epochs == expected
-    # the fit is given the whole room (the clock ends it); with less than the low end's time, none (it runs by count)
-    assert plan.fit_seconds == (None if spent == 3300 else pytest.approx(3600 - spent - 120))
+    # the fit is given the whole room and the clock ends it, even short of the low end
+    assert plan.fit_seconds == pytest.approx(3600 - spent - 120)
+    assert plan.low_end_fits == (spent != 3300)
+
+
+def test_a_last_stage_with_no_room_left_still_anneals_for_half_an_epoch():
+    plan = plan_epochs(3600, 3600, 300.0, 1, 6)
+    assert plan.fit_seconds == pytest.approx(150) and not plan.low_end_fits
+    assert "short of its 1 epochs" in plan.describe()
 
 
 def test_plan_describes_itself_for_the_log():

@@ -49,10 +49,11 @@ def test_cpu_recipe_teaches_close_ups_and_turned_and_zoomed_photos_in_every_stag
     assert (smoke.close_ups, smoke.max_rotate, smoke.max_zoom, smoke.max_warp) == (0, 10, 1.15, 0.1)
 
 
-def test_cpu_recipe_fits_its_last_stage_into_the_hour():
+def test_cpu_recipe_plans_its_stages_into_the_hour():
     recipe = load_recipe("cpu")
     assert recipe.budget_minutes < 60
-    assert [s.elastic for s in recipe.stages] == [False] * (len(recipe.stages) - 1) + [True]
+    # the head is trained as written; the 160-px epochs and the 224-px stage give way on a slow machine
+    assert [s.epochs for s in recipe.stages] == [1, (1, 3), (0, 1), (1, 8)]
 
 
 def test_an_elastic_last_stage_takes_a_range_of_epochs_within_the_budget():
@@ -93,8 +94,12 @@ def test_lr_find_is_accepted():
     (f"valid_pct = 2\n[[stages]]\n{GOOD_STAGE}", "valid_pct"),
     (f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [3, 2]')}", "low <= high"),
     (f"[[stages]]\n{GOOD_STAGE}[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 3]')}", "budget_minutes"),
-    (f"budget_minutes = 30\n[[stages]]\nname = 'a'\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [1, 3]')}"
-     f"[[stages]]\n{GOOD_STAGE}", "the last stage"),
+    (f"budget_minutes = 30\n[[stages]]\nname = 'a'\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [0, 3]')}"
+     f"[[stages]]\n{GOOD_STAGE}", "only a middle stage may be dropped"),
+    (f"budget_minutes = 30\n[[stages]]\nname = 'a'\n{GOOD_STAGE}"
+     f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [0, 3]')}", "only a middle stage may be dropped"),
+    (f"budget_minutes = 30\n[[stages]]\nname = 'a'\n{GOOD_STAGE}"
+     f"[[stages]]\n{GOOD_STAGE.replace('epochs = 1', 'epochs = [0, 0]')}", "never trains"),
     (f"budget_minutes = 0\n[[stages]]\n{GOOD_STAGE}", "budget_minutes"),
 ])
 def test_bad_recipes_say_what_is_wrong(text, message):

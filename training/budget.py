@@ -1,4 +1,4 @@
-"""Fitting an elastic last stage into a recipe's wall-clock budget, from a few batches timed at its size."""
+"""Timing a stage's epoch from a few real batches, and holding an elastic last stage to the budget on the clock."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +13,7 @@ from fastai.callback.core import Callback, CancelFitException, CancelTrainExcept
 from fastai.callback.schedule import ParamScheduler
 
 from .distributed import rank0_choice
+from .runplan import finish_reserve
 
 # The scope detector's pass at the end against the bf16 validation batches the probe timed: fp32 (about twice the
 # time) through the model and the ImageNet check (at most the model's cost again for the Lite0 check).
@@ -28,14 +29,15 @@ class EpochPlan:
     spent_seconds: float
     epoch_seconds_estimate: float
     reserve_seconds: float
-    fit_seconds: float | None  # the stage's time, its validation passes included; None: not even the low end fits
+    fit_seconds: float  # the stage's time on the clock, its validation passes included
+    low_end_fits: bool = True  # False: the stage is cut short of its low end to keep the budget
 
     def describe(self) -> str:
         """One line for the training log."""
         return (f"  budget {self.budget_seconds / 60:.0f} min, {self.spent_seconds / 60:.1f} spent; one epoch "
                 f"~{self.epoch_seconds_estimate / 60:.1f} min, {self.reserve_seconds / 60:.1f} kept for the "
-                f"export -> " + (f"{self.fit_seconds / 60:.1f} min, about {self.epochs} epochs" if self.fit_seconds
-                                 else f"{self.epochs} epochs, past the budget"))
+                f"export -> {self.fit_seconds / 60:.1f} min, "
+                + (f"about {self.epochs} epochs" if self.low_end_fits else f"short of its {self.epochs} epochs"))
 
 
 @dataclass(frozen=True)
@@ -106,20 +108,23 @@ def probe_epoch(learn, autocast_dtype: torch.dtype | None = None, warmup: int = 
     return EpochProbe(train, len(learn.dls.train), valid, len(learn.dls.valid))
 
 
+# On a machine too slow for even the last stage's low end, it still anneals on the clock for at least this share of
+# an epoch at its size: a run slightly past its budget, rather than one that never trained at its final size.
+LAST_STAGE_MIN_EPOCHS = 0.5
+
+
 def plan_epochs(budget_seconds: float, spent_seconds: float, epoch_seconds: float, low: int, high: int,
                 finish_seconds: float = 0.0) -> EpochPlan:
     """As many epochs as fit in what is left of the budget after a reserve for the final evaluation and export."""
-    # The final evaluation is one validation pass at the last size plus the export: a fifth of an epoch covers it
-    # with room (validation is a small part of an epoch: docs/experiments.md, "Figures behind code"), and the
-    # minute absorbs a slower disk.
     # `finish_seconds`: other work at the end, such as the scope detector's feature pass.
-    reserve = 0.2 * epoch_seconds + 60.0 + finish_seconds
+    reserve = finish_reserve(epoch_seconds, finish_seconds)
     room = budget_seconds - spent_seconds - reserve
     fits = math.floor(room / epoch_seconds) if epoch_seconds > 0 else high
-    # Too little room for the low end still gets it, by count (the log says the budget is overrun).
+    # Too little room for the low end: the clock still ends the stage, after at least LAST_STAGE_MIN_EPOCHS.
     return EpochPlan(epochs=max(low, min(high, fits)), budget_seconds=budget_seconds, spent_seconds=spent_seconds,
                      epoch_seconds_estimate=epoch_seconds, reserve_seconds=reserve,
-                     fit_seconds=room if fits >= low else None)
+                     fit_seconds=room if fits >= low else max(room, LAST_STAGE_MIN_EPOCHS * epoch_seconds),
+                     low_end_fits=fits >= low)
 
 
 class ClockSchedule(Callback):

@@ -37,6 +37,7 @@ TOP_LOSSES_FIGSIZE, TOP_LOSSES_DPI = (12, 10), 80
 
 def finish_run(learn, run: Run) -> dict:
     """Score the validation set, export the learner atomically, and write the report and plots; the report."""
+    started = run.clock()
     logits, targets, losses = learn.get_preds(dl=learn.dls.valid, act=noop, with_loss=True)
     refuse_non_finite(learn.model, logits)
     calibration, probs = calibrate(learn, logits, targets)
@@ -52,11 +53,23 @@ def finish_run(learn, run: Run) -> dict:
     plot_confusion_matrix(metrics["confusion_matrix"], [run.scan.names[c] for c in run.scan.classes],
                           run.out / CONFUSION_MATRIX_PNG)
     report = build_report(run, learn, metrics, calibration, trained_at, model_sha)
-    report = write_report(run.out, {**report, "scope": scope, **({"groups": groups} if run.scan.groups else {})})
+    plan = budget_summary(run, run.clock() - started)
+    report = write_report(run.out, {**report, "scope": scope, **({"groups": groups} if run.scan.groups else {}),
+                                    **({"plan": plan} if plan else {})})
     run.state.mark_exported()
     save_state(run)
     run.echo(summary_text(report))
     return report
+
+
+def budget_summary(run: Run, finish_seconds: float) -> dict | None:
+    """For a budgeted run: the plan made before its first stage, what the plans dropped, and the end's real cost
+    against the reserve kept for it (so the reserve can be checked on every machine)."""
+    plans = [record.budget["plan"] for record in run.completed if record.budget and "plan" in record.budget]
+    if not plans:
+        return None
+    return {"first": plans[0], "dropped": [r.stage for r in run.completed if not r.epochs],
+            "reserve_seconds": plans[-1]["reserve_seconds"], "finish_seconds": round(finish_seconds, 1)}
 
 
 def refuse_non_finite(model: torch.nn.Module, logits: torch.Tensor) -> None:

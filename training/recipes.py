@@ -39,7 +39,7 @@ class Stage:
     backbone: str
     size: int
     frozen: bool
-    epochs: int | tuple[int, int]   # [low, high]: as many as the recipe's time budget leaves room for
+    epochs: int | tuple[int, int]   # [low, high]: as many as the recipe's time budget leaves room for (training.runplan)
     lr: float | tuple[float, float] | str
     bs: int = bounded(64, 1, 4096)
     label_smoothing: float = bounded(0.0, 0.0, 0.5)
@@ -85,7 +85,7 @@ class Recipe:
     stages: tuple[Stage, ...]
     valid_pct: float = 0.2
     seed: int = 42
-    budget_minutes: float | None = None   # wall-clock goal for the whole run; sizes an elastic last stage
+    budget_minutes: float | None = None   # wall-clock goal for the whole run; sizes the stages with [low, high] epochs
     source: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
@@ -144,7 +144,7 @@ def _parse_epochs(value, where: str):
     if isinstance(value, list):
         if len(value) != 2:
             raise RecipeError(f"{where}: epochs as a list must be [low, high], got {value!r}")
-        low, high = (_recipe_number(v, "epochs", where, int, 1, 1000) for v in value)
+        low, high = (_recipe_number(v, "epochs", where, int, 0, 1000) for v in value)
         if low > high:
             raise RecipeError(f"{where}: epochs range needs low <= high, got {value!r}")
         return (low, high)
@@ -158,8 +158,12 @@ def _check_elastic(stages: tuple[Stage, ...], budget: float | None, source: str)
         where = f"{source}, stage {index + 1}"
         if budget is None:
             raise RecipeError(f"{where}: epochs as [low, high] needs budget_minutes at the top of the recipe")
-        if index != len(stages) - 1:
-            raise RecipeError(f"{where}: only the last stage may have epochs as [low, high]")
+        if stage.epochs[1] == 0:
+            raise RecipeError(f"{where}: epochs [0, 0] never trains; leave the stage out instead")
+        if stage.epochs[0] == 0 and index in (0, len(stages) - 1):
+            # the first stage trains the new head; the last is the size the model is exported at
+            raise RecipeError(f"{where}: only a middle stage may be dropped (epochs [0, n]); the first and the last "
+                              "need at least one epoch")
 
 
 def _parse_stage(raw: dict, index: int, source: str) -> Stage:

@@ -17,7 +17,7 @@ from .finish import finish_run
 from .recipes import Recipe
 from .runfiles import EXPORT, read_report
 from .runstate import Run, load_state, split_frame
-from .stage import final_learner, train_stage
+from .stage import final_learner, probe_stages, train_stage
 
 
 @dataclass
@@ -29,17 +29,24 @@ class TrainOptions:
     pretrained: bool = True
     resume: bool = False
     progress: bool = True
+    clock: Callable[[], float] = time.monotonic  # the budget's clock (tests pass a fake one)
 
 
 def train_recipe(data_dir: str | Path, recipe: Recipe, out: str | Path, options: TrainOptions | None = None,
                  echo: Callable[[str], None] = print) -> dict:
     """Train every stage of `recipe` on `data_dir`, write the run directory's files, and return the report."""
-    started = time.monotonic()
-    run = prepare_run(data_dir, recipe, Path(out), options or TrainOptions(), echo)
+    options = options or TrainOptions()
+    started = options.clock()
+    run = prepare_run(data_dir, recipe, Path(out), options, echo)
     if run.state.exported and (run.out / EXPORT).exists():
         run.echo(f"{run.out} is already complete; nothing to do.")
         return read_report(run.out)
     run.started = started
+    remaining = recipe.stages[len(run.completed):]
+    if recipe.budget_minutes and any(stage.elastic for stage in remaining):
+        run.echo(f"Timing an epoch of each of the {len(remaining)} stages to plan the {recipe.budget_minutes:g}-minute "
+                 "budget ...")
+        run.probes = probe_stages(run, len(run.completed))
     learn = None
     for index, stage in enumerate(recipe.stages):
         if index < len(run.completed):
@@ -67,7 +74,7 @@ def prepare_run(data_dir: str | Path, recipe: Recipe, out: Path, options: TrainO
     state = load_state(out, recipe, scan, options.resume, options.pretrained)
     run = Run(recipe=recipe, out=out, scan=scan, frame=None, state=state, device=device, precision=precision,
               pretrained=options.pretrained, progress=options.progress, is_main=is_main, echo=echo,
-              spent_before=state.spent_seconds)
+              spent_before=state.spent_seconds, clock=options.clock)
     if state.exported and (out / EXPORT).exists():
         return run
     if options.pretrained:  # fail before any work if a backbone's weights are missing

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -45,9 +46,13 @@ class Run:
     progress: bool
     is_main: bool
     echo: Callable[[str], None]
-    started: float = 0.0  # time.monotonic() when this process started the run
+    started: float = 0.0  # clock() when this process started the run
+    clock: Callable[[], float] = time.monotonic  # the budget's clock
     # Time spent by earlier processes of a resumed run (every epoch they finished), for an elastic stage's budget.
     spent_before: float = 0.0
+    # A budgeted run's probed epoch time per stage index, and (probed, measured) seconds of each stage it trained.
+    probes: dict = field(default_factory=dict)
+    timings: list = field(default_factory=list)
 
     @property
     def completed(self) -> list[StageRecord]:

@@ -13,13 +13,14 @@ from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import valley
 from fastai.torch_core import noop
 
-from .budget import ClockSchedule, plan_epochs, probe_epoch
+from .budget import ClockSchedule, EpochProbe, plan_epochs, probe_epoch
 from .devices import AUTOCAST_DTYPES, loader_workers, training_memory_format
 from .distributed import data_parallel, rank0_choice
 from .fsutil import atomic_path
 from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss, set_trainable
 from .recipes import Stage
 from .runfiles import StageRecord, lr_find_png
+from .runplan import RunPlan, StageEstimate, finish_reserve, measured_speed, plan_run
 from .runstate import Run, load_checkpoint, save_checkpoint, save_progress, save_state
 
 LR_FIND_STEPS, LR_FIND_MIN_STEPS, LR_FIND_PASSES = 100, 30, 5
@@ -31,19 +32,20 @@ class EpochTable(Callback):
     order = 60  # after the Recorder has logged the epoch
 
     def __init__(self, echo: Callable[[str], None] | None = None,
-                 on_row: Callable[[list[dict]], None] | None = None):
+                 on_row: Callable[[list[dict]], None] | None = None, clock: Callable[[], float] = time.perf_counter):
         self.rows = []
+        self.clock = clock
         self.echo = echo  # set when fastai's own progress table is switched off
         self.on_row = on_row  # told of every finished epoch, so a killed stage's time is not forgotten
 
     def before_epoch(self):
-        self.started = time.perf_counter()
+        self.started = self.clock()
 
     def after_epoch(self):
         names = ["train_loss", "valid_loss", "error_rate", "accuracy"]
         values = [float(v) for v in self.learn.recorder.values[-1]]
         row = {"epoch": len(self.rows) + 1, **dict(zip(names, values))}
-        row["seconds"] = round(time.perf_counter() - self.started, 2)
+        row["seconds"] = round(self.clock() - self.started, 2)
         self.rows.append(row)
         if self.on_row:
             self.on_row(self.rows)
@@ -113,19 +115,52 @@ def find_lr(learn, run: Run, stage_name: str, cbs) -> float:
     return float(suggestion.valley)
 
 
-def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[int, ClockSchedule | None, dict]:
-    """An elastic stage's epochs and the clock that holds it to what is left of the recipe's budget (none when not
-    even its low end fits: it then runs those epochs), and how that was decided."""
-    probe = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
-    spent = run.spent_before + time.monotonic() - run.started
-    plan = plan_epochs(run.recipe.budget_minutes * 60, spent, probe.seconds, *stage.epochs,
-                       finish_seconds=probe.scope_seconds)
+def probe_stages(run: Run, start: int) -> dict[int, EpochProbe]:
+    """An epoch's time for every stage from `start` on, from a few real batches at its size, batch size and frozen
+    layers, on a throwaway model per backbone (the weights do not change an epoch's time)."""
+    learners, probes = {}, {}
+    for index in range(start, len(run.recipe.stages)):
+        stage = run.recipe.stages[index]
+        dls = stage_dataloaders(run, stage)
+        learn = learners.get(stage.backbone)
+        if learn is None:
+            learn = learners[stage.backbone] = build_learner(dls, stage.backbone, pretrained=False)
+            learn.model.to(run.device, memory_format=training_memory_format(run.device, run.precision))
+        learn.dls, learn.loss_func = dls, make_loss(stage.label_smoothing)
+        set_trainable(learn, stage.frozen, stage.frozen_groups, stage.train_bn)
+        probes[index] = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
+    return probes
+
+
+def spent_seconds(run: Run) -> float:
+    """Seconds of the budget spent so far, by this process and by any it resumed."""
+    return run.spent_before + run.clock() - run.started
+
+
+def plan_from(run: Run, index: int) -> RunPlan:
+    """The plan for stages `index` onwards, from their probes scaled by how fast the finished stages really ran."""
+    stages, last = run.recipe.stages, len(run.recipe.stages) - 1
+    speed = measured_speed(run.timings)
+    estimates = [StageEstimate(s.name, *(s.epochs if s.elastic else (s.epochs, s.epochs)), run.probes[i].seconds)
+                 for i, s in enumerate(stages) if i >= index]
+    reserve = finish_reserve(run.probes[last].seconds * speed, run.probes[last].scope_seconds * speed)
+    plan = plan_run(estimates, run.recipe.budget_minutes * 60, spent_seconds(run), reserve, speed)
     run.echo(plan.describe())
-    budget = {**asdict(plan), "lost_seconds": run.state.lost_seconds, "probe": asdict(probe)}
+    return plan
+
+
+def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[int, ClockSchedule, dict]:
+    """The last stage's epochs and the clock that holds it to what is left of the recipe's budget, and how that
+    was decided (a probe at its start, scaled by how fast the finished stages ran against their probes)."""
+    probe = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
+    speed = measured_speed(run.timings)
+    plan = plan_epochs(run.recipe.budget_minutes * 60, spent_seconds(run), probe.seconds * speed, *stage.epochs,
+                       finish_seconds=probe.scope_seconds * speed)
+    run.echo(plan.describe())
+    budget = {**asdict(plan), "lost_seconds": run.state.lost_seconds, "probe": asdict(probe), "speed": speed}
     fit_seconds = rank0_choice(plan.fit_seconds)
-    if fit_seconds is None:
-        return stage.epochs[0], None, budget
-    return stage.epochs[1], ClockSchedule(fit_seconds, probe.valid_batch_seconds * probe.valid_batches), budget
+    return stage.epochs[1], ClockSchedule(fit_seconds, probe.valid_batch_seconds * probe.valid_batches * speed,
+                                          clock=run.clock), budget
 
 
 def train_stage(run: Run, index: int, learn=None):
@@ -144,20 +179,37 @@ def train_stage(run: Run, index: int, learn=None):
         record.lr_found = find_lr(learn, run, stage.name, cbs)
         run.echo(f"  lr_find suggests {record.lr_found:.2e}")
     epochs, clock = stage.epochs, []
-    if stage.elastic:
+    plan = plan_from(run, index) if run.probes else None
+    if stage.elastic and index == len(run.recipe.stages) - 1:
         epochs, schedule, record.budget = budgeted_fit(learn, run, stage)
-        clock = [schedule] if schedule else []
+        clock = [schedule]
+    elif stage.elastic:
+        epochs = rank0_choice(plan.epochs[stage.name])  # every process trains the same epochs
+    if plan is not None:
+        record.budget = {**(record.budget or {}), "plan": plan.to_json()}
+    if epochs == 0:
+        run.echo(f"stage {index + 1}/{len(run.recipe.stages)} {stage.name}: dropped by the plan (no epoch of it "
+                 "fits the budget)")
+        return finish_stage(run, index, learn, record)
     length = f"up to {epochs} epochs, annealed on the clock" if clock else f"{epochs} epochs"
     run.echo(f"stage {index + 1}/{len(run.recipe.stages)} {stage.name}: {stage.backbone} @{stage.size}px, "
              f"{'frozen' if stage.frozen else 'unfrozen'}, {length}, lr {stage.lr}")
-    table = EpochTable(None if run.progress else run.echo, partial(save_progress, run, stage.name) if run.is_main else None)
-    started = time.monotonic()
+    table = EpochTable(None if run.progress else run.echo, partial(save_progress, run, stage.name) if run.is_main else None,
+                       clock=run.clock)
+    started = run.clock()
     with data_parallel(learn, run.device, run.echo):
         learn.fit_one_cycle(epochs, stage.lr_for_fit(record.lr_found), cbs=[*cbs, *clock, table])
     if clock:
-        record.budget.update(fit_seconds_used=round(time.monotonic() - started, 2),
+        record.budget.update(fit_seconds_used=round(run.clock() - started, 2),
                              stopped_on_clock=clock[0].stopped_early)
     record.epochs = table.rows
+    if run.probes:
+        run.timings.append((run.probes[index].seconds * len(table.rows), record.seconds))
+    return finish_stage(run, index, learn, record)
+
+
+def finish_stage(run: Run, index: int, learn, record: StageRecord):
+    """Record stage `index` as complete and checkpoint its weights (a dropped stage's are the previous stage's)."""
     run.state.complete_stage(record)
     if run.is_main:
         save_checkpoint(learn.model, run.out, index + 1)
