@@ -106,3 +106,8 @@ def test_a_machine_three_times_slower_than_probed_drops_a_stage_and_keeps_the_bu
     trained = sum(row["seconds"] for stage in report["stages"] for row in stage["epochs"])
     budget = recipe.budget_minutes * 60
     assert abs(trained + report["plan"]["reserve_seconds"] - budget) <= 0.02 * budget
+
+    from webapp import create_app
+    page = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path / "run"), "RUNTIME": "torch"}).test_client().get("/model")
+    html = page.get_data(as_text=True)
+    assert "middle: dropped by the plan" in html and "the plan\n    dropped middle" in html

@@ -13,7 +13,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import valley
 from fastai.torch_core import noop
 
-from .budget import ClockSchedule, EpochProbe, plan_epochs, probe_epoch
+from .budget import ClockSchedule, EpochPlan, EpochProbe, plan_epochs, probe_epoch
 from .devices import AUTOCAST_DTYPES, loader_workers, training_memory_format
 from .distributed import data_parallel, rank0_choice
 from .fsutil import atomic_path
@@ -149,18 +149,31 @@ def plan_from(run: Run, index: int) -> RunPlan:
     return plan
 
 
-def budgeted_fit(learn, run: Run, stage: Stage) -> tuple[int, ClockSchedule, dict]:
-    """The last stage's epochs and the clock that holds it to what is left of the recipe's budget, and how that
-    was decided (a probe at its start, scaled by how fast the finished stages ran against their probes)."""
-    probe = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
-    speed = measured_speed(run.timings)
-    plan = plan_epochs(run.recipe.budget_minutes * 60, spent_seconds(run), probe.seconds * speed, *stage.epochs,
-                       finish_seconds=probe.scope_seconds * speed)
-    run.echo(plan.describe())
-    budget = {**asdict(plan), "lost_seconds": run.state.lost_seconds, "probe": asdict(probe), "speed": speed}
-    fit_seconds = rank0_choice(plan.fit_seconds)
-    return stage.epochs[1], ClockSchedule(fit_seconds, probe.valid_batch_seconds * probe.valid_batches * speed,
-                                          clock=run.clock), budget
+def planned_fit(learn, run: Run, index: int, stage: Stage) -> tuple[int, ClockSchedule | None, dict]:
+    """An elastic stage's epochs and the clock that holds it to its share of the budget (none when the plan drops
+    it), and how that was decided: a probe of its own batches at its start, and the plan for it and the stages after
+    it, every estimate scaled by how fast the finished stages ran against their probes."""
+    probe = run.probes[index] = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
+    plan = plan_from(run, index)
+    budget_seconds, estimate = run.recipe.budget_minutes * 60, probe.seconds * plan.speed
+    if index == len(run.recipe.stages) - 1:  # the last stage: whatever is left, after the reserve for the end
+        share = plan_epochs(budget_seconds, plan.spent_seconds, estimate, *stage.epochs,
+                            finish_seconds=probe.scope_seconds * plan.speed)
+        epochs = stage.epochs[1]
+    else:  # an earlier one: the time of the epochs the plan gave it; the clock cuts it there if it runs slower
+        planned = rank0_choice(plan.epochs[stage.name])
+        share = EpochPlan(epochs=planned, budget_seconds=budget_seconds, spent_seconds=plan.spent_seconds,
+                          epoch_seconds_estimate=estimate, reserve_seconds=plan.reserve_seconds,
+                          fit_seconds=planned * estimate, low_end_fits=plan.fits)
+        epochs = planned
+    run.echo(share.describe())
+    budget = {**asdict(share), "lost_seconds": run.state.lost_seconds, "probe": asdict(probe), "speed": plan.speed,
+              "plan": plan.to_json()}
+    if not epochs:
+        return 0, None, budget
+    clock = ClockSchedule(rank0_choice(share.fit_seconds), probe.valid_batch_seconds * probe.valid_batches * plan.speed,
+                          clock=run.clock)
+    return epochs, clock, budget
 
 
 def train_stage(run: Run, index: int, learn=None):
@@ -179,14 +192,11 @@ def train_stage(run: Run, index: int, learn=None):
         record.lr_found = find_lr(learn, run, stage.name, cbs)
         run.echo(f"  lr_find suggests {record.lr_found:.2e}")
     epochs, clock = stage.epochs, []
-    plan = plan_from(run, index) if run.probes else None
-    if stage.elastic and index == len(run.recipe.stages) - 1:
-        epochs, schedule, record.budget = budgeted_fit(learn, run, stage)
-        clock = [schedule]
-    elif stage.elastic:
-        epochs = rank0_choice(plan.epochs[stage.name])  # every process trains the same epochs
-    if plan is not None:
-        record.budget = {**(record.budget or {}), "plan": plan.to_json()}
+    if stage.elastic:
+        epochs, schedule, record.budget = planned_fit(learn, run, index, stage)
+        clock = [schedule] if schedule else []
+    elif run.probes:  # a fixed stage of a budgeted run: the plan as it stands when it starts
+        record.budget = {"plan": plan_from(run, index).to_json()}
     if epochs == 0:
         run.echo(f"stage {index + 1}/{len(run.recipe.stages)} {stage.name}: dropped by the plan (no epoch of it "
                  "fits the budget)")
