@@ -2,7 +2,10 @@
 import io
 import json
 import logging
+import os
 import re
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -10,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import ROOT, gunicorn_server, worker_pids
 from webapp.logs import JsonFormatter, RequestIdFilter
+from webapp.metrics import served_models
 
 
 def samples(text: str, name: str, **labels) -> float:
@@ -73,5 +77,20 @@ def test_two_workers_counts_add_up_and_every_log_line_is_json(trained_run, demo_
     entries = [json.loads(line) for line in lines]  # every line, gunicorn's own included, is one JSON object
     access = {e["request_id"]: e["worker"] for e in entries if e.get("logger") == "gunicorn.access"}
     assert all(access[rid] == worker for rid, worker in answered.items())  # the id on the right worker's line
-    assert {s.labels["pid"] for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "guitars_model" and s.value == 1} == {str(pid) for pid in workers}
+    # One series a worker, for the model it serves; a plain GUITARS_MODEL has no version: an empty label.
+    assert sorted((s.labels["pid"], s.labels["version"], s.value) for f in text_string_to_metric_families(text)
+                  for s in f.samples if s.name == "guitars_model") == sorted((str(pid), "", 1.0) for pid in workers)
+
+
+def test_only_live_workers_name_a_model_and_dead_workers_files_go(tmp_path):
+    """served_models reads the files of the workers gunicorn still has; a dead one's goes once it is a minute old."""
+    def served_file(pid: int, sha: str, age: float) -> Path:
+        path = tmp_path / f"served_model_{pid}.json"
+        path.write_text(json.dumps({"sha256": sha, "version": "v", "runtime": "torch"}))
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    live, just_gone, long_gone = served_file(11, "a", 3600), served_file(12, "b", 5), served_file(13, "c", 120)
+    (tmp_path / "served_model_14.partial").write_text("{")  # a file being written: never read
+    assert served_models(tmp_path, {"11", "14"}) == {"11": {"sha256": "a", "version": "v", "runtime": "torch"}}
+    assert live.exists() and just_gone.exists() and not long_gone.exists()

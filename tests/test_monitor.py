@@ -1,5 +1,6 @@
 """The monitor: a known answer log gives known figures on /api/v1/monitor and the page, a warning only past the
-drift rule, and pictures that are real PNGs; all on a fake clock."""
+drift rule, and pictures that are real PNGs; all on a fake clock. Only the operator, with the review page's token,
+sees any of it."""
 from __future__ import annotations
 
 import base64
@@ -17,12 +18,14 @@ from tests.helpers import upload
 from webapp.db import Answer, Verdict, database
 from webapp.model import model_holder
 from webapp.monitor import DriftRule, expectations, total_variation, warnings
+from webapp.review import TOKEN_KEY, token_digest
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 OTHER_SHA = "f" * 64
 # The validation figures the test's copy of the run reports (report.json documents; the SHA covers export.pkl only).
 VALID_N, VALID_UNSURE, VALID_REJECTED = 20, 2, 0.05
 COUNTS = {"flying_v": 10, "les_paul": 20, "stratocaster": 10}
+TOKEN = "operator-token"
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +41,23 @@ def monitor_app(trained_run, tmp_path_factory):
     report["scope"]["valid_rejected"] = VALID_REJECTED
     report["dataset"]["counts"] = COUNTS
     (run / "report.json").write_text(json.dumps(report))
+    review_data = tmp_path_factory.mktemp("review-data")  # the review page too: its login and the monitor's are one
     return create_app({"TESTING": True, "MODEL_PATH": str(run), "RUNTIME": "torch", "WTF_CSRF_ENABLED": False,
-                       "MONITOR_CLOCK": lambda: NOW})
+                       "MONITOR_CLOCK": lambda: NOW, "REVIEW_TOKEN": TOKEN, "REVIEW_DATA": str(review_data)})
 
 
 @pytest.fixture
 def mclient(monitor_app):
+    """The operator's browser: an empty answer log, and the token shown once."""
     with monitor_app.app_context():
         session = database().sessions()
         session.execute(delete(Verdict))
         session.execute(delete(Answer))
         session.commit()
         session.close()
-    return monitor_app.test_client()
+    client = monitor_app.test_client()
+    assert client.get(f"/api/v1/monitor?token={TOKEN}").status_code == 200
+    return client
 
 
 def add_answers(app, *groups) -> None:
@@ -198,6 +205,39 @@ def test_the_page_shows_the_figures_and_its_pictures(monitor_app, mclient):
     assert 'href="/monitor"' in mclient.get("/").get_data(as_text=True)  # in the nav
     assert 'href="/monitor"' in mclient.get("/model").get_data(as_text=True)
     assert "/api/v1/monitor" in mclient.get("/api/v1/openapi.json").json["paths"]
+
+
+def test_only_the_operator_sees_the_monitor(monitor_app):
+    anonymous = monitor_app.test_client()
+    page, figures = anonymous.get("/monitor"), anonymous.get("/api/v1/monitor")
+    assert page.status_code == 403 and "/monitor?token=" in page.get_data(as_text=True)
+    assert figures.status_code == 403 and figures.json["error"]["code"] == "forbidden"
+    assert "/api/v1/monitor?token=" in figures.json["error"]["message"] and "windows" not in figures.json
+    assert anonymous.get(f"/api/v1/monitor?token={TOKEN}x").status_code == 403
+    assert 'href="/monitor"' not in anonymous.get("/").get_data(as_text=True)  # no link to a page that refuses
+    let_in = anonymous.get(f"/monitor?token={TOKEN}")  # the page drops the token from its address at once
+    assert let_in.status_code == 302 and let_in.headers["Location"] == "/monitor"
+    assert anonymous.get("/monitor").status_code == 200
+    assert anonymous.get("/api/v1/monitor").json["windows"]  # the session remembers it, for the JSON too
+    with anonymous.session_transaction() as kept:  # the signed (not encrypted) cookie holds a digest, never the token
+        assert kept[TOKEN_KEY] == token_digest(TOKEN) and TOKEN not in json.dumps(dict(kept))
+    assert 'href="/monitor"' in anonymous.get("/").get_data(as_text=True)
+    # One login for the review page and the monitor, each way round.
+    reviewer = monitor_app.test_client()
+    assert reviewer.get(f"/review/?token={TOKEN}").status_code == 404  # let in: no review queue written yet
+    assert reviewer.get("/api/v1/monitor").status_code == 200
+    assert anonymous.get("/review/").status_code == 404  # not 403
+    assert monitor_app.test_client().get("/review/").status_code == 403
+
+
+def test_without_a_token_the_monitor_is_off_and_says_how_to_turn_it_on(client):
+    """The session app sets no GUITARS_REVIEW_TOKEN: the monitor is absent, as the review page is then."""
+    for path in ("/monitor", "/api/v1/monitor", "/monitor?token=anything"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "set GUITARS_REVIEW_TOKEN" in response.get_data(as_text=True), path
+    assert client.get("/api/v1/monitor").json["error"]["code"] == "not_found"
+    assert 'href="/monitor"' not in client.get("/").get_data(as_text=True)
 
 
 def test_empty_log_draws_and_says_nothing(mclient):

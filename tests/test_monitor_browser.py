@@ -1,11 +1,12 @@
-"""The monitor in headless Chromium against gunicorn as `make run` starts it: after real uploads its pictures load
-and its numbers are the answer log's."""
+"""The monitor in headless Chromium against gunicorn as `make run` starts it, with the operator's token set: refused
+before the token, and after real uploads its pictures load and its numbers are the answer log's."""
 import io
 import math
 import os
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -14,6 +15,13 @@ from webapp.db import Answer, make_engine
 
 pytestmark = BROWSER_MARKS
 GUITARS, DRAWINGS = 45, 15  # photos sent: enough (60) for the drift rule to judge, a quarter of them no guitar
+TOKEN = "monitor-browser-token"
+
+
+@pytest.fixture
+def operator_token(monkeypatch):
+    """GUITARS_REVIEW_TOKEN for the server: ask for it before make_run_server, which copies the environment."""
+    monkeypatch.setenv("GUITARS_REVIEW_TOKEN", TOKEN)
 
 
 def drawings(n: int) -> list[bytes]:
@@ -45,7 +53,7 @@ def logged(sha: str, since: datetime) -> tuple[int, int, int]:
         engine.dispose()
 
 
-def test_monitor_page_pictures_and_numbers(make_run_server, demo_data, tmp_path):
+def test_monitor_page_pictures_and_numbers(operator_token, make_run_server, demo_data, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url = make_run_server
@@ -64,7 +72,15 @@ def test_monitor_page_pictures_and_numbers(make_run_server, demo_data, tmp_path)
             assert response.ok, response.text()
         sha = page.request.get(url + "/api/v1/model").json()["sha256"]
 
+        refused = page.goto(url + "/monitor")  # before the token: refused, saying how to get in
+        assert refused.status == 403 and "/monitor?token=" in page.inner_text("main")
+        assert page.locator('header a[href="/monitor"]').count() == 0
+        watch.assert_whole(page, expected_status=403)
+        assert page.request.get(url + "/api/v1/monitor").status == 403
+        page.goto(url + f"/monitor?token={TOKEN}")  # once; the session cookie lets the browser in from then on
+        assert page.url == url + "/monitor"  # the token is gone from the address bar (and from Referers)
         page.goto(url + "/model")
+        assert page.locator('header a[href="/monitor"]').count() == 1
         with page.expect_navigation():
             page.click("p.monitor-link a")
         assert page.url == url + "/monitor"

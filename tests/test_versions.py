@@ -9,8 +9,9 @@ import time
 import pytest
 import requests
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, gunicorn_server
+from tests.helpers import ROOT, gunicorn_server, worker_pids
 from tests.model_versions import add_run, swapped_run
 from training.cli import main
 from training.runfiles import EXPORT, REPORT
@@ -67,6 +68,12 @@ def test_only_a_whole_run_of_the_folder_is_promoted(trained_run, tmp_path):
     assert read_pointer(models) is None and read_log(models) == []
 
 
+def served_series(metrics_text: str) -> list[tuple[dict, float]]:
+    """Every guitars_model series of a /metrics answer: (labels, value)."""
+    return [(s.labels, s.value) for f in text_string_to_metric_families(metrics_text) for s in f.samples
+            if s.name == "guitars_model"]
+
+
 def settled(holder):
     """The holder's model once a reload this check starts has finished."""
     holder.get()
@@ -86,17 +93,20 @@ def test_the_app_serves_the_promoted_run_and_follows_the_pointer(trained_run, tm
     nothing = client.get("/readyz")
     assert nothing.status_code == 503 and "no run is promoted in models" in nothing.json["reason"]
     assert str(tmp_path) not in nothing.json["reason"]  # server folders cut to the folder's name
-    assert models_cli("promote", "smoke", "--models", models).exit_code == 0
-    assert settled(holder).sha256 == sha(smoke)
-    assert client.get("/api/v1/model").json["version"] == "smoke"
-    assert models_cli("promote", "swapped", "--models", models, "--force", "test").exit_code == 0
-    assert settled(holder).sha256 == sha(swapped)
-    assert client.get("/api/v1/model").json["version"] == "swapped"
-    assert models_cli("rollback", "--models", models).exit_code == 0
-    assert settled(holder).sha256 == sha(smoke)
-    assert client.get("/api/v1/model").json["version"] == "smoke"
+    for step, run in ((("promote", "smoke"), smoke), (("promote", "swapped", "--force", "test"), swapped),
+                      (("rollback",), smoke)):
+        assert models_cli(*step, "--models", models).exit_code == 0
+        assert settled(holder).sha256 == sha(run)
+        assert client.get("/api/v1/model").json["version"] == run.name
+        ready = client.get("/readyz").json
+        assert (ready["model_sha256"], ready["version"]) == (sha(run), run.name), step
+        # One series, the model served now: the one served before is gone, not left at 0.
+        assert [(labels["sha256"], labels["version"], value) for labels, value in
+                served_series(client.get("/metrics").get_data(as_text=True))] == [(sha(run), run.name, 1.0)], step
     plain = create_app({"TESTING": True, "MODEL_PATH": str(trained_run), "RUNTIME": "torch"}).test_client()
     assert plain.get("/api/v1/model").json["version"] is None  # GUITARS_MODEL alone: a file, no versions
+    assert plain.get("/readyz").json["version"] is None
+    assert [labels["version"] for labels, _ in served_series(plain.get("/metrics").get_data(as_text=True))] == [""]
 
 
 def test_a_promoted_run_changed_in_place_is_not_served(trained_run, tmp_path):
@@ -116,16 +126,26 @@ def test_a_promoted_run_changed_in_place_is_not_served(trained_run, tmp_path):
     assert back.exit_code == 1 and "only run ever promoted" in back.output
 
 
-def served_by_every_worker(url: str, expected: str, deadline: float) -> dict:
-    """{worker: sha256} from /readyz until both workers report `expected` or the deadline passes."""
+def served_by_every_worker(url: str, expected: tuple[str, str], deadline: float) -> dict:
+    """{worker: (sha256, version)} from /readyz until both workers report `expected` or the deadline passes."""
     served = {}
     while time.monotonic() < deadline:
         ready = requests.get(url + "/readyz", timeout=30).json()  # a new connection: either worker may answer
-        served[ready["worker"]] = ready.get("model_sha256")
+        served[ready["worker"]] = (ready.get("model_sha256"), ready.get("version"))
         if len(served) == 2 and set(served.values()) == {expected}:
             break
         time.sleep(0.2)
     return served
+
+
+def metrics_of_every_worker(url: str, expected: tuple[str, str], deadline: float) -> list[tuple]:
+    """guitars_model's series as (pid, sha256, version, value), once each worker's one series is `expected`."""
+    while True:
+        series = sorted((labels["pid"], labels["sha256"], labels["version"], value)
+                        for labels, value in served_series(requests.get(url + "/metrics", timeout=30).text))
+        if {s[1:] for s in series} == {(*expected, 1.0)} or time.monotonic() > deadline:
+            return series
+        time.sleep(0.2)  # a worker answers /readyz with its new model a moment before it records it
 
 
 @pytest.mark.slow
@@ -134,15 +154,20 @@ def test_every_gunicorn_worker_follows_promote_and_rollback(trained_run, tmp_pat
     smoke = add_run(models, "smoke", trained_run)
     swapped = swapped_run(models, "swapped", trained_run)
     assert models_cli("promote", "smoke", "--models", models).exit_code == 0
+    steps = [(None, smoke), (("promote", "swapped", "--force", "test"), swapped), (("rollback",), smoke)]
+    seen = []
     with gunicorn_server(str(tmp_path / "ignored"), ROOT, tmp_path / "gunicorn.log",
-                         GUITARS_MODELS=str(models)) as (url, _):
-        before = served_by_every_worker(url, sha(smoke), time.monotonic() + 60)
-        assert models_cli("promote", "swapped", "--models", models, "--force", "test").exit_code == 0
-        after_promote = served_by_every_worker(url, sha(swapped), time.monotonic() + 60)
-        version = requests.get(url + "/api/v1/model", timeout=30).json()["version"]
-        assert models_cli("rollback", "--models", models).exit_code == 0
-        after_rollback = served_by_every_worker(url, sha(smoke), time.monotonic() + 60)
-    assert len(before) == 2 and set(before.values()) == {sha(smoke)}, before
-    assert len(after_promote) == 2 and set(after_promote.values()) == {sha(swapped)}, after_promote
-    assert version == "swapped"
-    assert len(after_rollback) == 2 and set(after_rollback.values()) == {sha(smoke)}, after_rollback
+                         GUITARS_MODELS=str(models)) as (url, proc):
+        for step, run in steps:
+            if step:
+                assert models_cli(*step, "--models", models).exit_code == 0
+            expected = (sha(run), run.name)
+            seen.append((served_by_every_worker(url, expected, time.monotonic() + 60),
+                         metrics_of_every_worker(url, expected, time.monotonic() + 10),
+                         {str(pid) for pid in worker_pids(proc.pid)},
+                         requests.get(url + "/api/v1/model", timeout=30).json()["version"]))
+    for (step, run), (served, series, workers, version) in zip(steps, seen):
+        assert len(served) == 2 and set(served.values()) == {(sha(run), run.name)}, (step, served)
+        assert {str(pid) for pid in served} == workers and version == run.name
+        # Exactly one series a worker, at 1, naming the run it serves: the run served before left no series behind.
+        assert series == sorted((pid, sha(run), run.name, 1.0) for pid in workers), (step, series)

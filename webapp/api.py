@@ -45,5 +45,6 @@ def readyz():
     if predictor is None:
         return jsonify({"status": "not ready", "reason": holder.public_error, "worker": os.getpid()}), 503
     # Which model this worker serves: during a reload, workers can tell a balancer (and a test) apart.
-    return jsonify({"status": "ready", "model_sha256": predictor.sha256, "worker": os.getpid()})
+    return jsonify({"status": "ready", "model_sha256": predictor.sha256, "version": holder.version(predictor),
+                    "worker": os.getpid()})
 

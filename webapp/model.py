@@ -87,7 +87,8 @@ class ModelHolder:
                 log.error("keeping the previous model; the new file failed to load: %s", exc)
         else:
             self._predictor, self._error = predictor, None  # one reference swap: readers see old or new
-            record_model(predictor.sha256, predictor.runtime, time.perf_counter() - started)
+            record_model(predictor.sha256, self.version(predictor), predictor.runtime,
+                         time.perf_counter() - started)
             log.info("loaded model %s (sha256 %s, %s, %s runtime)", self.path, predictor.sha256,
                      predictor.meta.get("backbone"), predictor.runtime)
         self._stamp, self._attempted = stamp, True

@@ -13,6 +13,7 @@ from training.inference import Predictor
 
 from .db import Answer, get_db, utcnow
 from .model import model_holder
+from .security import operator_session, require_operator
 from .service import current_predictor, unsure_below_in_force
 
 bp = Blueprint("monitor", __name__)
@@ -180,6 +181,17 @@ def monitor_figures(predictor: Predictor, session: Session, end: datetime) -> di
 
 def current_figures() -> dict:
     return monitor_figures(current_predictor(), get_db(), now())
+
+
+@bp.before_request
+def operators_only():
+    """Traffic and the class mix of what people send are the operator's to see, behind the review page's token."""
+    return require_operator("The monitor")
+
+
+@bp.app_context_processor
+def monitor_link() -> dict:
+    return {"monitor_link": operator_session()}  # the header links the monitor only for a browser let in
 
 
 @bp.get("/monitor")

@@ -1,10 +1,14 @@
-"""CSRF protection for the HTML form and security headers on every response."""
+"""CSRF protection for the HTML form, the operator's token, and security headers on every response."""
 from __future__ import annotations
 
-from flask import Flask, current_app
+import secrets
+
+from flask import Flask, abort, current_app, redirect, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
+
+from .review import TOKEN_KEY, token_digest
 
 csrf = CSRFProtect()
 # Counts live in each worker's memory: with N workers a client may get up to N times the limit.
@@ -22,6 +26,32 @@ def rate_limit_off() -> bool:
 
 # One budget per client for every route that runs the model (the API and the form, which also draws heat maps).
 limit_model_use = limiter.shared_limit(model_rate_limit, scope="model", exempt_when=rate_limit_off)
+
+
+
+def operator_session() -> bool:
+    """Whether this browser's session holds the operator's token (GUITARS_REVIEW_TOKEN), as the review page keeps it."""
+    token = current_app.config.get("REVIEW_TOKEN")
+    return bool(token) and secrets.compare_digest(str(session.get(TOKEN_KEY, "")).encode(),
+                                                  token_digest(token).encode())
+
+
+def require_operator(page: str):
+    """Let only a browser that has shown the review page's token (?token=, then its session) see `page`."""
+    token = current_app.config.get("REVIEW_TOKEN")
+    if not token:  # 404, as the review page is absent without its token; saying how to turn it on
+        abort(404, f"{page} is off on this server: to turn it on, set GUITARS_REVIEW_TOKEN (the review page's token) "
+                   f"and open {request.path}?token=THAT_TOKEN once.")
+    given = request.args.get("token")
+    if given is not None and secrets.compare_digest(token_digest(given), token_digest(token)):
+        session[TOKEN_KEY] = token_digest(token)  # the cookie is signed, not encrypted: the digest, never the token
+        if not request.path.startswith("/api/"):  # a page: the token leaves the address bar, its history and Referers
+            return redirect(request.path)
+    elif not operator_session():
+        abort(403, f"{page} is for the server's operator: open {request.path}?token=THE_TOKEN once "
+                   "(GUITARS_REVIEW_TOKEN, the review page's token).")
+    return None
+
 
 # Only our own assets; inline images are the uploads and heat maps we render as data: URIs.
 CONTENT_SECURITY_POLICY = (
