@@ -18,7 +18,7 @@ from tests.helpers import upload
 from webapp.db import Answer, Verdict, database
 from webapp.model import model_holder
 from webapp.monitor import DriftRule, expectations, total_variation, warnings
-from webapp.review import TOKEN_KEY, token_digest
+from webapp.security import TOKEN_KEY, token_digest
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 OTHER_SHA = "f" * 64

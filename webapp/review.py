@@ -1,19 +1,19 @@
 """The review page: the data owner walks the review queue and keeps, relabels or excludes photos (off by default)."""
 from __future__ import annotations
 
-import hashlib
 import secrets
 from pathlib import Path
 
 import click
-from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, send_from_directory, session, url_for
+from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, send_from_directory, url_for
 from werkzeug.serving import run_simple
 
 from training.labels import DECISIONS, latest_decisions, read_decisions, record_decision, undo_last_decision
 from training.review import queue_path, read_queue
 
+from .security import accept_operator_token, operator_session
+
 bp = Blueprint("review", __name__, url_prefix="/review")
-TOKEN_KEY = "review_token"  # the session key that remembers a browser has shown the token
 
 
 def data_root() -> Path:
@@ -29,19 +29,10 @@ def load_queue() -> dict:
         abort(404, f"No review queue yet: run `flask --app wsgi dataset review --data {data_root().name}` first.")
 
 
-def token_digest(token: str) -> str:
-    """A token's SHA-256 (hex): compared as bytes, so any text a client sends is just a mismatch."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 @bp.before_request
 def require_token():
     """Only a browser that has shown the operator's token may see or change anything."""
-    expected = token_digest(current_app.config["REVIEW_TOKEN"])
-    given = request.args.get("token")
-    if given is not None and secrets.compare_digest(token_digest(given), expected):
-        session[TOKEN_KEY] = expected  # the session cookie is signed, not encrypted: it holds a digest, never the token
-    elif not secrets.compare_digest(str(session.get(TOKEN_KEY, "")).encode(), expected.encode()):
+    if not accept_operator_token() and not operator_session():
         abort(403, "The review page needs the token printed by `flask review`: open the link it printed.")
 
 

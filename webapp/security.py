@@ -1,14 +1,13 @@
 """CSRF protection for the HTML form, the operator's token, and security headers on every response."""
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 from flask import Flask, abort, current_app, redirect, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
-
-from .review import TOKEN_KEY, token_digest
 
 csrf = CSRFProtect()
 # Counts live in each worker's memory: with N workers a client may get up to N times the limit.
@@ -29,22 +28,36 @@ limit_model_use = limiter.shared_limit(model_rate_limit, scope="model", exempt_w
 
 
 
+TOKEN_KEY = "review_token"  # the session key that remembers a browser has shown the operator's token
+
+
+def token_digest(token: str) -> str:
+    """A token's SHA-256 (hex): compared as bytes, so any text a client sends is just a mismatch."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def operator_session() -> bool:
-    """Whether this browser's session holds the operator's token (GUITARS_REVIEW_TOKEN), as the review page keeps it."""
+    """Whether this browser's session holds the operator's token (GUITARS_REVIEW_TOKEN)."""
     token = current_app.config.get("REVIEW_TOKEN")
     return bool(token) and secrets.compare_digest(str(session.get(TOKEN_KEY, "")).encode(),
                                                   token_digest(token).encode())
 
 
+def accept_operator_token() -> bool:
+    """Whether this request shows the operator's token (?token=); the session then remembers it."""
+    token, given = current_app.config.get("REVIEW_TOKEN"), request.args.get("token")
+    if not token or given is None or not secrets.compare_digest(token_digest(given), token_digest(token)):
+        return False
+    session[TOKEN_KEY] = token_digest(token)  # the cookie is signed, not encrypted: the digest, never the token
+    return True
+
+
 def require_operator(page: str):
-    """Let only a browser that has shown the review page's token (?token=, then its session) see `page`."""
-    token = current_app.config.get("REVIEW_TOKEN")
-    if not token:  # 404, as the review page is absent without its token; saying how to turn it on
+    """Let only a browser that has shown the operator's token (?token=, then its session) see `page`."""
+    if not current_app.config.get("REVIEW_TOKEN"):  # 404, as the review page is absent without its token
         abort(404, f"{page} is off on this server: to turn it on, set GUITARS_REVIEW_TOKEN (the review page's token) "
                    f"and open {request.path}?token=THAT_TOKEN once.")
-    given = request.args.get("token")
-    if given is not None and secrets.compare_digest(token_digest(given), token_digest(token)):
-        session[TOKEN_KEY] = token_digest(token)  # the cookie is signed, not encrypted: the digest, never the token
+    if accept_operator_token():
         if not request.path.startswith("/api/"):  # a page: the token leaves the address bar, its history and Referers
             return redirect(request.path)
     elif not operator_session():
