@@ -58,13 +58,22 @@ def test_plan_describes_itself_for_the_log():
 
 
 def test_the_scope_detectors_feature_pass_is_kept_out_of_the_epochs():
-    probe = EpochProbe(train_batch_seconds=1.0, train_batches=100, valid_batch_seconds=0.5, valid_batches=20)
-    # every photo once more through the model in fp32 and the ImageNet check: 3 * 0.5 s * 120 batches
-    assert probe.scope_seconds == pytest.approx(180.0)
+    probe = EpochProbe(train_batch_seconds=1.0, train_batches=100, valid_batch_seconds=0.5, valid_batches=20,
+                       scope_factor=1.5)
+    # every training photo twice (itself and a close-up) and every validation photo once: 1.5 * 0.5 s * 220 batches
+    assert probe.scope_seconds == pytest.approx(165.0)
     without = plan_epochs(3600, 2200, 300.0, 1, 6)
     with_scope = plan_epochs(3600, 2200, 300.0, 1, 6, finish_seconds=probe.scope_seconds)
-    assert with_scope.reserve_seconds == pytest.approx(without.reserve_seconds + 180.0)
-    assert (without.epochs, with_scope.epochs) == (4, 3)  # 1280 s of room, then 1100 s
+    assert with_scope.reserve_seconds == pytest.approx(without.reserve_seconds + 165.0)
+    assert (without.epochs, with_scope.epochs) == (4, 3)  # 1280 s of room, then 1115 s
+
+
+def test_the_scope_pass_is_cheaper_against_an_fp32_probe_than_a_bf16_one(demo_data):
+    frame, classes = demo_frame(demo_data)
+    learn = build_learner(make_dataloaders(frame, classes, "efficientnet_lite0", 64, 4), "efficientnet_lite0")
+    fp32, bf16 = probe_epoch(learn, None, warmup=1, timed=1), probe_epoch(learn, torch.bfloat16, warmup=1, timed=1)
+    # OpenVINO's pass costs about PyTorch's bf16 time per image, and well under its fp32 time
+    assert (fp32.scope_factor, bf16.scope_factor) == (0.5, 1.1)
 
 
 class BatchCost(Callback):

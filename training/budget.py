@@ -15,9 +15,12 @@ from fastai.callback.schedule import ParamScheduler
 from .distributed import rank0_choice
 from .runplan import finish_reserve
 
-# The scope detector's pass at the end against the bf16 validation batches the probe timed: fp32 (about twice the
-# time) through the model and the ImageNet check (at most the model's cost again for the Lite0 check).
-SCOPE_PASS_FACTOR = 3.0
+# The scope detector's pass at the end, per image against one image of the probe's validation batches: every
+# training photo twice (itself and a close-up) and every validation photo once, through the model and the ImageNet
+# check on the serving runtime. On a CPU that is OpenVINO: measured at 0.43x PyTorch's fp32 validation time per image
+# and 1.03x its bf16 time (docs/experiments.md, "The whole run, planned"); on a GPU, PyTorch in fp32 (not measured:
+# twice an autocast image, and the check).
+SCOPE_PASS_FACTORS = {("cpu", False): 0.5, ("cpu", True): 1.1, ("cuda", False): 1.5, ("cuda", True): 3.0}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class EpochProbe:
     train_batches: int
     valid_batch_seconds: float
     valid_batches: int
+    scope_factor: float = SCOPE_PASS_FACTORS[("cpu", True)]  # SCOPE_PASS_FACTORS for the probe's device and dtype
 
     @property
     def seconds(self) -> float:
@@ -55,8 +59,8 @@ class EpochProbe:
 
     @property
     def scope_seconds(self) -> float:
-        """The scope detector's pass over every photo at the end (see SCOPE_PASS_FACTOR)."""
-        return SCOPE_PASS_FACTOR * self.valid_batch_seconds * (self.train_batches + self.valid_batches)
+        """The scope detector's pass over every photo and a close-up of each training photo at the end."""
+        return self.scope_factor * self.valid_batch_seconds * (2 * self.train_batches + self.valid_batches)
 
 
 def _seconds_per_batch(loader, step, device_type: str, warmup: int, timed: int) -> float:
@@ -105,7 +109,8 @@ def probe_epoch(learn, autocast_dtype: torch.dtype | None = None, warmup: int = 
         valid = _seconds_per_batch(learn.dls.valid, valid_step, device_type, warmup, timed)
     finally:
         model.load_state_dict(saved)
-    return EpochProbe(train, len(learn.dls.train), valid, len(learn.dls.valid))
+    factor = SCOPE_PASS_FACTORS[(device_type if device_type == "cuda" else "cpu", autocast_dtype is not None)]
+    return EpochProbe(train, len(learn.dls.train), valid, len(learn.dls.valid), factor)
 
 
 # On a machine too slow for even the last stage's low end, it still anneals on the clock for at least this share of
