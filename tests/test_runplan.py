@@ -33,10 +33,10 @@ def test_a_slow_machine_drops_the_optional_stage_and_keeps_the_low_ends():
     assert "dropped: unfrozen-224" in plan.describe()
 
 
-def test_a_measured_slowdown_scales_every_estimate():
-    slowed = plan_run(BF16, 3300, 0, reserve_seconds=480, speed=3.0)
-    assert slowed.epochs == plan_run(AVX2, 3300, 0, reserve_seconds=480).epochs
-    assert "3.00x the probe's estimate" in slowed.describe()
+def test_the_plan_reports_the_measured_speed_its_estimates_were_scaled_by():
+    slowed = plan_run(AVX2, 3300, 0, reserve_seconds=480, speed=3.0)
+    assert slowed.epochs == plan_run(AVX2, 3300, 0, reserve_seconds=480).epochs  # recorded, not applied twice
+    assert "3.00x the probe's estimate" in slowed.describe() and slowed.to_json()["speed"] == 3.0
 
 
 def test_when_even_the_low_ends_do_not_fit_the_plan_says_so():
@@ -111,3 +111,14 @@ def test_a_machine_three_times_slower_than_probed_drops_a_stage_and_keeps_the_bu
     page = create_app({"TESTING": True, "MODEL_PATH": str(tmp_path / "run"), "RUNTIME": "torch"}).test_client().get("/model")
     html = page.get_data(as_text=True)
     assert "middle: dropped by the plan" in html and "the plan\n    dropped middle" in html
+
+
+def test_a_probe_taken_at_its_stages_start_is_scaled_up_but_never_down():
+    from types import SimpleNamespace
+
+    from training.stage import probe_scale
+
+    faster = SimpleNamespace(timings=[(300.0, 150.0)], fresh_probes={1})  # the head ran in half its probed time
+    assert probe_scale(faster, 1) == 1.0 and probe_scale(faster, 2) == pytest.approx(0.5)
+    slower = SimpleNamespace(timings=[(100.0, 300.0)], fresh_probes={1})
+    assert probe_scale(slower, 1) == probe_scale(slower, 2) == pytest.approx(3.0)

@@ -37,7 +37,7 @@ class RunPlan:
     budget_seconds: float
     spent_seconds: float
     reserve_seconds: float
-    speed: float  # measured over probed seconds of the stages finished so far, applied to every estimate
+    speed: float  # measured over probed seconds of the stages finished so far (the estimates are already scaled by it)
 
     @property
     def dropped(self) -> list[str]:
@@ -46,19 +46,19 @@ class RunPlan:
     @property
     def planned_seconds(self) -> float:
         """The remaining stages' time under the plan (the last stage's at its planned epochs)."""
-        return sum(self.epochs[e.name] * e.epoch_seconds * self.speed for e in self.estimates)
+        return sum(self.epochs[e.name] * e.epoch_seconds for e in self.estimates)
 
     @property
     def fits(self) -> bool:
         """Whether every remaining stage's low end fits in what is left after the reserve."""
-        lows = sum(e.low * e.epoch_seconds * self.speed for e in self.estimates)
+        lows = sum(e.low * e.epoch_seconds for e in self.estimates)
         return self.spent_seconds + lows + self.reserve_seconds <= self.budget_seconds
 
     def describe(self) -> str:
         """Lines for the training log."""
         parts = [f"{e.name} " + (f"{self.epochs[e.name]}" if e.low == e.high else
                                  f"{self.epochs[e.name]} of [{e.low}, {e.high}]")
-                 + f" x ~{e.epoch_seconds * self.speed / 60:.1f} min" for e in self.estimates]
+                 + f" x ~{e.epoch_seconds / 60:.1f} min" for e in self.estimates]
         speed = f", stages so far ran {self.speed:.2f}x the probe's estimate" if self.speed != 1.0 else ""
         return (f"  plan: budget {self.budget_seconds / 60:.0f} min, {self.spent_seconds / 60:.1f} spent, "
                 f"{self.reserve_seconds / 60:.1f} kept for the export{speed}; epochs: {'; '.join(parts)}"
@@ -74,13 +74,14 @@ class RunPlan:
 
 def plan_run(estimates: list[StageEstimate], budget_seconds: float, spent_seconds: float, reserve_seconds: float,
              speed: float = 1.0) -> RunPlan:
-    """Every stage its low end; then, earliest stage first, more epochs while they fit; the last stage the rest."""
+    """Every stage its low end; then, earliest stage first, more epochs while they fit; the last stage the rest.
+    `speed` is recorded, not applied: the estimates come scaled."""
     # Earliest first: an early epoch is the cheapest (lowest resolution), and every later stage starts from what it
     # learnt. The last stage is not planned to the epoch: it anneals on the clock through whatever is left.
     epochs = {e.name: e.low for e in estimates}
-    room = budget_seconds - spent_seconds - reserve_seconds - sum(e.low * e.epoch_seconds * speed for e in estimates)
+    room = budget_seconds - spent_seconds - reserve_seconds - sum(e.low * e.epoch_seconds for e in estimates)
     for estimate in estimates:
-        seconds = estimate.epoch_seconds * speed
+        seconds = estimate.epoch_seconds
         more = estimate.high - estimate.low if seconds <= 0 else min(estimate.high - estimate.low,
                                                                     max(0, math.floor(room / seconds)))
         epochs[estimate.name] += more

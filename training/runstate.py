@@ -50,8 +50,10 @@ class Run:
     clock: Callable[[], float] = time.monotonic  # the budget's clock
     # Time spent by earlier processes of a resumed run (every epoch they finished), for an elastic stage's budget.
     spent_before: float = 0.0
-    # A budgeted run's probed epoch time per stage index, and (probed, measured) seconds of each stage it trained.
+    # A budgeted run's probed epoch time per stage index (those in fresh_probes timed at the stage's own start),
+    # and (probed, measured) seconds of each stage it trained.
     probes: dict = field(default_factory=dict)
+    fresh_probes: set = field(default_factory=set)
     timings: list = field(default_factory=list)
 
     @property

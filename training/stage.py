@@ -137,14 +137,24 @@ def spent_seconds(run: Run) -> float:
     return run.spent_before + run.clock() - run.started
 
 
+def probe_scale(run: Run, index: int) -> float:
+    """What stage `index`'s probe is multiplied by: how fast the finished stages ran against their probes; for a
+    probe the stage took of its own batches at its start, only when they ran slower (a frozen head's probe said 2x
+    what its epoch took, and scaling a fresh probe down by that cut the next stage to a third of its epochs)."""
+    speed = measured_speed(run.timings)
+    return max(1.0, speed) if index in run.fresh_probes else speed
+
+
 def plan_from(run: Run, index: int) -> RunPlan:
     """The plan for stages `index` onwards, from their probes scaled by how fast the finished stages really ran."""
     stages, last = run.recipe.stages, len(run.recipe.stages) - 1
-    speed = measured_speed(run.timings)
-    estimates = [StageEstimate(s.name, *(s.epochs if s.elastic else (s.epochs, s.epochs)), run.probes[i].seconds)
+    estimates = [StageEstimate(s.name, *(s.epochs if s.elastic else (s.epochs, s.epochs)),
+                               run.probes[i].seconds * probe_scale(run, i))
                  for i, s in enumerate(stages) if i >= index]
-    reserve = finish_reserve(run.probes[last].seconds * speed, run.probes[last].scope_seconds * speed)
-    plan = plan_run(estimates, run.recipe.budget_minutes * 60, spent_seconds(run), reserve, speed)
+    reserve = finish_reserve(run.probes[last].seconds * probe_scale(run, last),
+                             run.probes[last].scope_seconds * probe_scale(run, last))
+    plan = plan_run(estimates, run.recipe.budget_minutes * 60, spent_seconds(run), reserve,
+                    measured_speed(run.timings))
     run.echo(plan.describe())
     return plan
 
@@ -154,11 +164,12 @@ def planned_fit(learn, run: Run, index: int, stage: Stage) -> tuple[int, ClockSc
     it), and how that was decided: a probe of its own batches at its start, and the plan for it and the stages after
     it, every estimate scaled by how fast the finished stages ran against their probes."""
     probe = run.probes[index] = probe_epoch(learn, AUTOCAST_DTYPES.get((run.device.type, run.precision)))
-    plan = plan_from(run, index)
-    budget_seconds, estimate = run.recipe.budget_minutes * 60, probe.seconds * plan.speed
+    run.fresh_probes.add(index)
+    plan, scale = plan_from(run, index), probe_scale(run, index)
+    budget_seconds, estimate = run.recipe.budget_minutes * 60, probe.seconds * scale
     if index == len(run.recipe.stages) - 1:  # the last stage: whatever is left, after the reserve for the end
         share = plan_epochs(budget_seconds, plan.spent_seconds, estimate, *stage.epochs,
-                            finish_seconds=probe.scope_seconds * plan.speed)
+                            finish_seconds=probe.scope_seconds * scale)
         epochs = stage.epochs[1]
     else:  # an earlier one: the time of the epochs the plan gave it; the clock cuts it there if it runs slower
         planned = rank0_choice(plan.epochs[stage.name])
@@ -167,11 +178,11 @@ def planned_fit(learn, run: Run, index: int, stage: Stage) -> tuple[int, ClockSc
                           fit_seconds=planned * estimate, low_end_fits=plan.fits)
         epochs = planned
     run.echo(share.describe())
-    budget = {**asdict(share), "lost_seconds": run.state.lost_seconds, "probe": asdict(probe), "speed": plan.speed,
+    budget = {**asdict(share), "lost_seconds": run.state.lost_seconds, "probe": asdict(probe), "speed": scale,
               "plan": plan.to_json()}
     if not epochs:
         return 0, None, budget
-    clock = ClockSchedule(rank0_choice(share.fit_seconds), probe.valid_batch_seconds * probe.valid_batches * plan.speed,
+    clock = ClockSchedule(rank0_choice(share.fit_seconds), probe.valid_batch_seconds * probe.valid_batches * scale,
                           clock=run.clock)
     return epochs, clock, budget
 
