@@ -10,7 +10,7 @@ from training import stage as stage_module
 from training.budget import ClockSchedule, EpochProbe
 from training.recipes import load_recipe
 from training.runner import TrainOptions, train_recipe
-from training.runplan import StageEstimate, measured_speed, plan_run
+from training.runplan import StageEstimate, measured_speed, plan_run, stage_timing
 
 # The shipped cpu recipe's stages, with epoch times (seconds) in the proportions measured on two machines
 # (issue #28's AVX2-only run: 365 s frozen, about 700 s per 160-px epoch, 900 s at 224 px; 288 px estimated).
@@ -122,3 +122,10 @@ def test_a_probe_taken_at_its_stages_start_is_scaled_up_but_never_down():
     assert probe_scale(faster, 1) == 1.0 and probe_scale(faster, 2) == pytest.approx(0.5)
     slower = SimpleNamespace(timings=[(100.0, 300.0)], fresh_probes={1})
     assert probe_scale(slower, 1) == probe_scale(slower, 2) == pytest.approx(3.0)
+
+
+def test_an_epoch_the_clock_cut_short_is_left_out_of_the_measured_speed():
+    rows = [{"seconds": 300.0}, {"seconds": 300.0}, {"seconds": 40.0}]
+    assert stage_timing(300.0, rows, cut_short=True) == (600.0, 600.0)  # speed 1, not 640 / 900
+    assert stage_timing(300.0, rows, cut_short=False) == (900.0, 640.0)
+    assert stage_timing(300.0, rows[:1], cut_short=True) is None

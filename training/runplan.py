@@ -95,3 +95,10 @@ def measured_speed(pairs: list[tuple[float, float]]) -> float:
     if estimated <= 0 or measured <= 0:
         return 1.0
     return min(max(measured / estimated, SPEED_LIMITS[0]), SPEED_LIMITS[1])
+
+
+def stage_timing(epoch_seconds: float, rows: list[dict], cut_short: bool) -> tuple[float, float] | None:
+    """(probed, measured) seconds of a finished stage's whole epochs, for `measured_speed`; None without any."""
+    # The clock's last, cut-short epoch would make the machine look faster than it is.
+    whole = rows[:-1] if cut_short else rows
+    return (epoch_seconds * len(whole), sum(row["seconds"] for row in whole)) if whole else None

@@ -20,7 +20,7 @@ from .fsutil import atomic_path
 from .learner import CPUAutocast, build_learner, build_model, make_dataloaders, make_loss, set_trainable
 from .recipes import Stage
 from .runfiles import StageRecord, lr_find_png
-from .runplan import RunPlan, StageEstimate, finish_reserve, measured_speed, plan_run
+from .runplan import RunPlan, StageEstimate, finish_reserve, measured_speed, plan_run, stage_timing
 from .runstate import Run, load_checkpoint, save_checkpoint, save_progress, save_state
 
 LR_FIND_STEPS, LR_FIND_MIN_STEPS, LR_FIND_PASSES = 100, 30, 5
@@ -140,7 +140,7 @@ def spent_seconds(run: Run) -> float:
 def probe_scale(run: Run, index: int) -> float:
     """What stage `index`'s probe is multiplied by: how fast the finished stages ran against their probes; for a
     probe the stage took of its own batches at its start, only when they ran slower (a frozen head's probe said 2x
-    what its epoch took, and scaling a fresh probe down by that cut the next stage to a third of its epochs)."""
+    what its epoch took, and scaling a fresh probe down by that cut the next stage to two of its three epochs)."""
     speed = measured_speed(run.timings)
     return max(1.0, speed) if index in run.fresh_probes else speed
 
@@ -224,8 +224,10 @@ def train_stage(run: Run, index: int, learn=None):
         record.budget.update(fit_seconds_used=round(run.clock() - started, 2),
                              stopped_on_clock=clock[0].stopped_early)
     record.epochs = table.rows
-    if run.probes:
-        run.timings.append((run.probes[index].seconds * len(table.rows), record.seconds))
+    timing = stage_timing(run.probes[index].seconds, table.rows, bool(clock) and clock[0].stopped_early) \
+        if run.probes else None
+    if timing:
+        run.timings.append(timing)
     return finish_stage(run, index, learn, record)
 
 
