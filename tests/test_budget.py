@@ -26,9 +26,13 @@ def test_probe_times_real_batches_and_leaves_the_model_as_it_was(demo_data):
     assert all(torch.equal(before[name], after[name]) for name in before)  # BatchNorm statistics included
     assert all(p.grad is None for p in learn.model.parameters())
 
-    start = time.perf_counter()
-    learn.fit(1)
-    assert probe.seconds / 3 < time.perf_counter() - start < probe.seconds * 3
+    def fit_seconds():
+        start = time.perf_counter()
+        learn.fit(1)
+        return time.perf_counter() - start
+
+    # the quicker of two epochs: one slowed by other work on the machine says nothing about the probe
+    assert probe.seconds / 3 < min(fit_seconds(), fit_seconds()) < probe.seconds * 3
 
 
 @pytest.mark.parametrize("spent, expected", [

@@ -299,6 +299,7 @@ def test_feedback_shares_the_rate_limit_with_the_predictions(make_app, photos):
 
 def test_when_the_database_cannot_be_written_answers_go_out_without_ids_and_no_photo_stays(make_app, photos):
     app = make_app()
+    db.database(app).migrate()  # as a served worker has at start: the tables go after it
     with db.database(app).engine.begin() as connection:
         connection.exec_driver_sql("DROP TABLE verdicts")
         connection.exec_driver_sql("DROP TABLE answers")

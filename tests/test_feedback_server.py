@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import inspect
 
 from tests.feedback_flow import api_flow, concurrent_verdicts, photo_with_gps
 from tests.helpers import ROOT, gunicorn_server
+from webapp import db
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +23,11 @@ def feedback_server(trained_run, tmp_path):
 
 def test_the_feedback_api_end_to_end_on_two_workers(feedback_server, demo_data):
     url, database_url, photo_dir, _ = feedback_server
+    engine = db.make_engine(database_url)
+    try:  # the workers are up and have answered /readyz, which opens no database: they migrated as they started
+        assert set(inspect(db.read_only(engine)).get_table_names()) == {"alembic_version", "answers", "verdicts"}
+    finally:
+        engine.dispose()
     api_flow(url, database_url, photo_dir, [photo_with_gps(p) for p in sorted(demo_data.rglob("*.jpg"))[:3]])
 
 

@@ -6,7 +6,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import InternalError
 
 from tests import postgres
 from tests.feedback_flow import api_flow, concurrent_verdicts, photo_with_gps, schema_diff
@@ -83,6 +84,27 @@ def test_the_app_flow_on_postgresql(new_database, trained_run, demo_data, tmp_pa
     with db.database(app).sessions() as session:
         assert session.get(db.Answer, shared).photo is None
     assert list(store.folder.glob("*.jpg")) == []
+
+
+def test_reading_sessions_are_read_only_and_leave_the_pooled_connection_writable(new_database, tmp_path):
+    app = create_app({"TESTING": True, "DATABASE_URL": new_database(), "FEEDBACK_DIR": str(tmp_path / "feedback")})
+    database = db.database(app)
+
+    def answer():
+        return db.Answer(model_sha256="s", label="les_paul", probability=0.5, uncertain=False, in_scope=True, scores=[])
+
+    for _ in range(2):  # the second round gets the pool's connection back from a reading session
+        with database.reads() as session:
+            assert session.scalar(text("SHOW transaction_read_only")) == "on"
+            session.add(answer())
+            with pytest.raises(InternalError, match="read-only transaction"):
+                session.commit()
+        with database.sessions() as session:
+            assert session.scalar(text("SHOW transaction_read_only")) == "off"
+            session.add(answer())
+            session.commit()
+    with database.reads() as session:
+        assert session.scalar(select(func.count()).select_from(db.Answer)) == 2
 
 
 @pytest.mark.slow

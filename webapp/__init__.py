@@ -38,7 +38,7 @@ def init_app(app: Flask) -> None:
 
     app.extensions[EXTENSION] = ModelHolder(app.config["MODEL_PATH"], app.config["RUNTIME"],
                                             tta=app.config["TTA"] == "flip", models=app.config.get("MODELS_DIR"))
-    db.init_app(app)  # answers and verdicts; migrated to the newest schema before any request
+    db.init_app(app)  # answers and verdicts: opened and migrated on first use (a served app: at start, wsgi.py)
     allow_pixels(app.config["MAX_PIXELS"])  # Pillow's own guard must not refuse what the operator allowed
     security.init_app(app, csrf_exempt=[api.bp])  # the JSON API is cookie-less
     errors.init_app(app)

@@ -1,4 +1,4 @@
-"""The feedback database: answers and verdicts, one SQLAlchemy engine per app, migrated by Alembic at start."""
+"""The feedback database: answers and verdicts, one SQLAlchemy engine per app, migrated by Alembic on first use."""
 from __future__ import annotations
 
 import secrets
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context, request
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -34,6 +34,8 @@ EXTENSION = "guitars_db"  # the app's Database in app.extensions; read it throug
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x67756974  # "guit": PostgreSQL advisory lock key, so hosts starting together migrate one at a time
 PRUNE_EVERY = 100  # answers written by one process between two prunes of the answer log
+READ_ONLY = "guitars_read_only"  # execution option of the read sessions' engine: see _sqlite_begin
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # requests that change nothing (RFC 9110): get_db() reads
 
 
 def utcnow() -> datetime:
@@ -119,7 +121,7 @@ def database_url(raw: str) -> str:
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # Several gunicorn workers write at once: WAL lets readers run beside the writer, busy_timeout makes a writer
     # wait for the lock instead of failing, and SQLite checks foreign keys only when asked to.
-    dbapi_connection.isolation_level = None  # transactions are begun by _begin_immediate, not by the driver
+    dbapi_connection.isolation_level = None  # transactions are begun by _sqlite_begin, not by the driver
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout = 10000")
     cursor.execute("PRAGMA journal_mode = WAL")
@@ -127,14 +129,19 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _begin_immediate(connection) -> None:
-    # A deferred transaction that reads and then writes fails at once (SQLITE_BUSY, no waiting) when another
-    # worker wrote in between; one that takes the write lock when it begins waits its turn under busy_timeout.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_begin(connection) -> None:
+    # SQLAlchemy's pysqlite recipe (the driver begins nothing; we emit BEGIN), choosing the kind per transaction.
+    # A deferred transaction that reads and then writes fails at once (SQLITE_BUSY, no waiting) when another worker
+    # wrote in between, so a transaction takes the write lock when it begins and waits its turn under busy_timeout.
+    # A read session's (READ_ONLY) is deferred: in WAL it never waits for a writer, and query_only makes a write it
+    # tries fail at once rather than race the writers.
+    read_only = bool(connection.get_execution_options().get(READ_ONLY))
+    connection.exec_driver_sql(f"PRAGMA query_only = {int(read_only)}")
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and write-locking transactions."""
+    """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and write-locking transactions (see read_only)."""
     url = database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -143,10 +150,25 @@ def make_engine(url: str) -> Engine:
         # One shared connection, or every connection would see an empty database of its own.
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 10})
+        folder = Path(parsed.database).parent
+
+        @event.listens_for(engine, "do_connect")
+        def make_folder(*_):
+            # When a connection opens, not when the engine is made: a command that never opens the database
+            # (flask predict) must work where its folder cannot be created.
+            folder.mkdir(parents=True, exist_ok=True)
     event.listen(engine, "connect", _sqlite_pragmas)
-    event.listen(engine, "begin", _begin_immediate)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine and pool, for transactions that only read: deferred on SQLite, READ ONLY on PostgreSQL."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{READ_ONLY: True})
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(postgresql_readonly=True)
     return engine
 
 
@@ -168,15 +190,40 @@ def upgrade(engine: Engine) -> None:
 
 
 class Database:
-    """One app's engine and session factory, and the answer log's bound (pruned every PRUNE_EVERY answers)."""
+    """One app's engine, its writing and reading sessions (migrated on first use) and the answer log's bound."""
 
     def __init__(self, url: str, max_answers: int):
         self.url = url
         self.engine = make_engine(url)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(read_only(self.engine), expire_on_commit=False)
         self.max_answers = max_answers
         self._written = 0
         self._lock = threading.Lock()
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration, once per process: the first caller migrates, the others wait."""
+        if self._migrated:
+            return
+        with self._migrate_lock:
+            if self._migrated:
+                return
+            upgrade(self.engine)
+            if self.engine.dialect.name != "sqlite" or self.engine.url.database not in (None, "", ":memory:"):
+                self.engine.dispose()  # a connection open across a fork would be shared by two processes
+            self._migrated = True
+
+    def sessions(self) -> Session:
+        """A new session that may write: on SQLite each of its transactions takes the write lock when it begins."""
+        self.migrate()
+        return self._writes()
+
+    def reads(self) -> Session:
+        """A new session that only reads: it never waits for a writer on SQLite, and cannot write."""
+        self.migrate()
+        return self._reads()
 
     def answers_written(self, n: int) -> bool:
         """Count `n` new answers; True when the log is due a prune."""
@@ -204,24 +251,26 @@ def database(app: Flask | None = None) -> Database:
     return (app or current_app).extensions[EXTENSION]
 
 
-def get_db() -> Session:
-    """This request's session (flaskr's get_db), closed when the app context ends."""
-    if "db" not in g:
-        g.db = database().sessions()
-    return g.db
+def get_db(write: bool | None = None) -> Session:
+    """This context's session (flaskr's get_db): a reading one in a GET/HEAD/OPTIONS request, else a writing one."""
+    if write is None:
+        write = not (has_request_context() and request.method in SAFE_METHODS)
+    if not write and "db" in g:  # a context that writes reads what it wrote: through the same session
+        return g.db
+    key = "db" if write else "db_reads"
+    if key not in g:
+        setattr(g, key, database().sessions() if write else database().reads())
+    return g.get(key)
 
 
 def close_db(_exc=None) -> None:
-    session = g.pop("db", None)
-    if session is not None:
-        session.close()
+    for key in ("db", "db_reads"):
+        session = g.pop(key, None)
+        if session is not None:
+            session.close()
 
 
 def init_app(app: Flask) -> None:
-    """Open the configured database, migrate it to the newest schema, and close each request's session."""
-    db = Database(app.config["DATABASE_URL"], app.config["ANSWER_LOG_MAX_ROWS"])
-    upgrade(db.engine)
-    if db.engine.dialect.name != "sqlite" or make_url(db.engine.url).database not in (None, "", ":memory:"):
-        db.engine.dispose()  # no connection is left open from the start; each worker opens its own when it needs one
-    app.extensions[EXTENSION] = db
+    """Attach the configured database, opened and migrated on first use, and close each context's sessions."""
+    app.extensions[EXTENSION] = Database(app.config["DATABASE_URL"], app.config["ANSWER_LOG_MAX_ROWS"])
     app.teardown_appcontext(close_db)

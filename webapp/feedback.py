@@ -38,9 +38,16 @@ def log_answers(predictor: Predictor, uploads: list[Upload], results: list[dict]
     whole (StoreFull, raised before any row is written). If the database cannot be written, the answers still go
     out, without ids, and no photo stays.
     """
-    store, db, session = photo_store(), database(), get_db()
-    if share:
-        purge_expired(store, session)  # what is past its retention makes room first
+    store, db = photo_store(), database()
+    try:  # the first use opens and migrates the database (`flask run`): one that is down costs only the ids
+        session = get_db(write=True)
+        if share:
+            purge_expired(store, session)  # what is past its retention makes room first
+    except SQLAlchemyError:
+        log.exception("answers not logged (the database could not be opened); they go out without ids")
+        for result in results:
+            result["id"] = None
+        return
     photos = store.put_all([u.image for u in uploads]) if share else [None] * len(uploads)
     answers = [Answer(model_sha256=predictor.sha256, label=r["predictions"][0]["label"],
                       probability=r["predictions"][0]["probability"], uncertain=bool(r["uncertain"]),

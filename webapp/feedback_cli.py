@@ -37,13 +37,14 @@ def served(answer: Answer) -> str:
 
 
 def verdicts_newest_first(limit: int | None = None, pending: bool = False) -> list[Verdict]:
-    """The verdicts with their answers, read in one short session: on SQLite every transaction holds the write lock,
-    so one kept open while photos are copied would make the server's workers wait to log their answers."""
+    """The verdicts with their answers, newest first, read in one short reading session."""
+    # Short, though a read never holds SQLite's write lock: one left open while photos are copied would keep the WAL
+    # from being checkpointed past it, and the file grows while the server writes.
     query = (select(Verdict).join(Answer, Verdict.answer_id == Answer.id).options(joinedload(Verdict.answer))
              .order_by(Verdict.created_at.desc()))
     if pending:
         query = query.where(Answer.photo.is_not(None), Verdict.reviewed_at.is_(None))
-    with database().sessions() as session:
+    with database().reads() as session:
         return list(session.scalars(query.limit(limit)))
 
 
@@ -118,7 +119,7 @@ def percent(row: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def stats_command(as_json):
     """How often the served answers were right, by the people's verdicts: overall, per class, per model version."""
-    with database().sessions() as session:
+    with database().reads() as session:
         stats = agreement(session)
     if as_json:
         click.echo(json.dumps(stats, indent=2))

@@ -5,7 +5,7 @@ from webapp.db import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through webapp.db.upgrade (or `flask db upgrade`), which passes a connection")
+    raise RuntimeError("run migrations through webapp.db.upgrade, which passes the connection to migrate")
 # SQLite alters tables only by copying them: batch mode does that for later migrations that change a column.
 context.configure(connection=connection, target_metadata=Base.metadata,
                   render_as_batch=connection.dialect.name == "sqlite")
