@@ -43,7 +43,7 @@ def log_answers(predictor: Predictor, uploads: list[Upload], results: list[dict]
         session = get_db(write=True)
         if share:
             purge_expired(store, session)  # what is past its retention makes room first
-    except SQLAlchemyError:
+    except (SQLAlchemyError, OSError):  # OSError: a SQLite folder that cannot be made
         log.exception("answers not logged (the database could not be opened); they go out without ids")
         for result in results:
             result["id"] = None
