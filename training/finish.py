@@ -40,8 +40,7 @@ def finish_run(learn, run: Run) -> dict:
     started = run.clock()
     logits, targets, losses = learn.get_preds(dl=learn.dls.valid, act=noop, with_loss=True)
     refuse_non_finite(learn.model, logits)
-    calibration, probs = calibrate(learn, logits, targets)
-    refuse_non_finite(learn.model, logits / calibration["temperature"])
+    calibration, probs = calibrate(learn, logits, targets)  # a temperature in TEMPERATURE_RANGE keeps them finite
     groups = fit_groups(probs, targets.numpy(), run, calibration["unsure_below"])
     metrics = classification_metrics(probs, targets.numpy(), run.scan.classes)
     plot_top_losses(learn, losses, run.out / TOP_LOSSES_PNG)

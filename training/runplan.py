@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .runfiles import epoch_table_seconds
+
 # What the end of a run costs beyond the scope detector's pass: a fifth of a last-stage epoch covers the final
 # validation pass (validation is a small part of an epoch: docs/experiments.md, "Figures behind code"), and the
 # minute covers plots, the export and a slower disk.
@@ -101,4 +103,4 @@ def stage_timing(epoch_seconds: float, rows: list[dict], cut_short: bool) -> tup
     """(probed, measured) seconds of a finished stage's whole epochs, for `measured_speed`; None without any."""
     # The clock's last, cut-short epoch would make the machine look faster than it is.
     whole = rows[:-1] if cut_short else rows
-    return (epoch_seconds * len(whole), sum(row["seconds"] for row in whole)) if whole else None
+    return (epoch_seconds * len(whole), epoch_table_seconds(whole)) if whole else None

@@ -10,6 +10,8 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from training.fsutil import atomic_path
+
 bp = Blueprint("metrics", __name__)
 # Request phases of a CPU model server: a photo decodes in milliseconds and runs the model in tens of them.
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -90,10 +92,9 @@ def record_model(sha256: str, version: str | None, runtime: str, load_seconds: f
     _served.update(sha256=sha256, version=version or "", runtime=runtime)
     folder = multiprocess_dir()
     if folder:
-        path = Path(folder) / SERVED_FILE.format(pid=os.getpid())
-        partial = path.with_suffix(".partial")  # not *.json, so no scrape reads it half-written
-        partial.write_text(json.dumps(_served))
-        os.replace(partial, path)
+        # atomic_path's temporary name starts with a dot, so no scrape reads the file half-written
+        with atomic_path(Path(folder) / SERVED_FILE.format(pid=os.getpid())) as tmp:
+            tmp.write_text(json.dumps(_served))
 
 
 def record_results(results: list[dict]) -> None:
